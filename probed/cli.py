@@ -1,0 +1,195 @@
+"""Command line: run | check | once | demo | target | version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from probed import __version__, logs
+
+T = TypeVar("T")
+
+
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop (a dependency; plain asyncio only where uvloop cannot be installed)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _load(path: str) -> Any:
+    from probed.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"probed: config has {len(exc.issues)} error(s):", file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _listen(value: str) -> str:
+    from probed.config import split_listen
+
+    try:
+        split_listen(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} {exc}") from None
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from probed.daemon import Daemon
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    logs.configure(args.log_level or config.global_.log_level, json=_json_logs(args))
+
+    async def main() -> None:
+        daemon = Daemon(
+            config,
+            config_path=Path(args.config),
+            listen=args.listen,
+        )
+        await daemon.run()
+
+    try:
+        _run_loop(main())
+    except OSError as exc:
+        print(f"probed: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from probed.config import config_json_schema
+
+    if args.schema:
+        print(json.dumps(config_json_schema(), indent=2))
+        return 0
+    if not args.config:
+        print("probed check: give -c FILE or --schema", file=sys.stderr)
+        return 2
+    config = _load(args.config)
+    if config is None:
+        return 1
+    names = ", ".join(p.name for p in config.probes) or "none"
+    print(f"{args.config}: OK, {len(config.probes)} probe(s): {names}")
+    return 0
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from probed import probes
+    from probed.metrics import ProbeMetrics
+
+    config = _load(args.config)
+    if config is None:
+        return 1
+    selected = [p for p in config.probes if args.probe in (None, p.name)]
+    if not selected:
+        print(f"probed once: no probe named {args.probe!r}", file=sys.stderr)
+        return 1
+    logs.configure("debug", json=_json_logs(args))
+
+    async def main() -> bool:
+        ok = True
+        for cfg in selected:
+            metrics = ProbeMetrics(cfg.name, kind=cfg.kind, target=cfg.target)
+            log = logs.get(probe=cfg.name)
+            log.info("probing", target=cfg.target)
+            passed = await probes.build(cfg, metrics, log).once()
+            (log.info if passed else log.error)("result", success=passed)
+            ok = ok and passed
+        return ok
+
+    ok = _run_loop(main())
+    return 0 if ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from probed.demo import run_demo
+
+    logs.configure("info", json=_json_logs(args), stream=sys.stderr)
+    code = _run_loop(run_demo(listen=args.listen, duration=args.duration))
+    return code
+
+
+def cmd_target(args: argparse.Namespace) -> int:
+    logs.configure("info", json=_json_logs(args))
+    with contextlib.suppress(KeyboardInterrupt):
+        _run_loop(args.serve(args))
+    return 0
+
+
+def _json_logs(args: argparse.Namespace) -> bool | None:
+    return {"auto": None, "json": True, "console": False}[args.log_format]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probed.targets import echo, proxy
+
+    parser = argparse.ArgumentParser(
+        prog="probed",
+        description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"probed {__version__}")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="auto: console on a terminal, JSON lines otherwise",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", required=True, help="YAML config file")
+    run.add_argument("--listen", type=_listen, help="HTTP listen address (overrides global.listen)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file (exit 0/1)")
+    check.add_argument("-c", "--config", help="YAML config file")
+    check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
+    check.set_defaults(func=cmd_check)
+
+    once = sub.add_parser("once", help="run each probe for one cycle and print a timeline")
+    once.add_argument("-c", "--config", required=True)
+    once.add_argument("--probe", help="only this probe")
+    once.set_defaults(func=cmd_once)
+
+    demo = sub.add_parser("demo", help="reference targets on loopback plus the daemon probing them")
+    demo.add_argument(
+        "--listen", type=_listen, default=None, help="HTTP listen address (default 127.0.0.1:9464)"
+    )
+    demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
+    demo.set_defaults(func=cmd_demo)
+
+    target = sub.add_parser("target", help="run a reference target")
+    kinds = target.add_subparsers(dest="target", required=True)
+    for name, module, text in (
+        ("echo", echo, "WebSocket echo server with fault controls"),
+        ("proxy", proxy, "fault-injecting TCP proxy with a control endpoint"),
+    ):
+        p = kinds.add_parser(name, help=text)
+        module.add_arguments(p)
+        p.set_defaults(func=cmd_target, serve=module.serve)
+
+    sub.add_parser("version", help="print the version").set_defaults(
+        func=lambda _a: print(f"probed {__version__}") or 0
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code

@@ -1,0 +1,202 @@
+"""The supervisor: one task per probe in one TaskGroup, signals, reload, systemd notification.
+
+A probe that crashes is logged, counted and restarted with backoff while the others keep running.
+A reload keeps every probe whose config did not change untouched, sessions and all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+from pathlib import Path
+
+from probed import logs, probes
+from probed.config import Config, ConfigError, ProbeConfig, load_config
+from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
+from probed.selfmon import LagMonitor
+
+_RESTART_INITIAL = 1.0
+_RESTART_MAX = 60.0
+# A probe that ran this long before crashing starts its restart backoff afresh.
+_RESTART_RESET_AFTER = 60.0
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd about a state change (Type=notify); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.sendto(state.encode(), address)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        listen: str | None = None,
+    ) -> None:
+        self.config = config
+        self._path = config_path
+        self._listen_override = listen
+        self.listen = listen or config.global_.listen
+        self.metrics = DaemonMetrics()
+        self.metrics.config_loaded(True)
+        self.exposition = Exposition(self.metrics)
+        self.exposition.labels = dict(config.global_.labels)
+        self.lag = LagMonitor(
+            config.global_.loop_lag_threshold, observe=self.metrics.loop_lag.observe
+        )
+        self.ready = asyncio.Event()
+        self.bound: tuple[str, int] | None = None
+        self._running: dict[str, tuple[ProbeConfig, asyncio.Task[None]]] = {}
+        self._stop = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._log = logs.get(component="daemon")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, handle_signals: bool = True) -> None:
+        from probed.http import start_http  # http imports the daemon's type
+
+        loop = asyncio.get_running_loop()
+        self.metrics.running_on(
+            "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        )
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_signal_handler(signal.SIGINT, self.stop)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
+        runner, self.bound = await start_http(self, self.listen)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                lag = tg.create_task(self.lag.run())
+                self._apply(self.config)
+                self.ready.set()
+                sd_notify("READY=1")
+                self._log.info(
+                    "probed started",
+                    listen=f"http://{self.bound[0]}:{self.bound[1]}",
+                    probes=len(self._running),
+                )
+                await self._stop.wait()
+                sd_notify("STOPPING=1")
+                self.ready.clear()
+                self._log.info("stopping: closing sessions")
+                lag.cancel()
+                for name in list(self._running):
+                    self._stop_probe(name)
+        finally:
+            await runner.cleanup()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+        self._log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _reload_from_signal(self) -> None:
+        self.reload()
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; on error keep running as before and say why."""
+        if self._path is None:
+            return False, "no config file to reload (the daemon runs an embedded config)"
+        sd_notify("RELOADING=1")
+        try:
+            config = load_config(self._path)
+        except ConfigError as exc:
+            self.metrics.config_loaded(False)
+            self._log.error(
+                "reload failed; keeping the running config", errors=[str(i) for i in exc.issues]
+            )
+            sd_notify("READY=1")
+            return False, str(exc)
+        summary = self._apply(config)
+        self.metrics.config_loaded(True)
+        self._log.info("config reloaded", **summary)
+        sd_notify("READY=1")
+        return True, ", ".join(f"{k}: {v}" for k, v in summary.items())
+
+    def _apply(self, config: Config) -> dict[str, int]:
+        g = config.global_
+        logs.set_level(g.log_level)
+        self.exposition.labels = dict(g.labels)
+        self.lag.threshold = g.loop_lag_threshold
+        if self._listen_override is None and g.listen != self.listen:
+            self._log.warning(
+                "global.listen changed; restart probed to move the HTTP server",
+                running=self.listen,
+                configured=g.listen,
+            )
+        wanted = {p.name: p for p in config.probes}
+        counts = {"kept": 0, "started": 0, "restarted": 0, "stopped": 0}
+        for name in list(self._running):
+            if name not in wanted:
+                self._stop_probe(name)
+                counts["stopped"] += 1
+        for name, cfg in wanted.items():
+            current = self._running.get(name)
+            if current is not None and current[0] == cfg:
+                counts["kept"] += 1
+                continue
+            if current is not None:
+                self._stop_probe(name)
+                counts["restarted"] += 1
+            else:
+                counts["started"] += 1
+            self._start_probe(cfg)
+        self.config = config
+        return counts
+
+    # -- probes --------------------------------------------------------------------------------
+
+    def _start_probe(self, cfg: ProbeConfig) -> None:
+        assert self._tg is not None
+        metrics = ProbeMetrics(
+            cfg.name,
+            kind=cfg.kind,
+            target=cfg.target,
+            slo_thresholds=probes.slo_thresholds(cfg),
+            tainted=self.lag.tainted,
+        )
+        self.exposition.add(metrics)
+        self.metrics.probe_restarts.labels(cfg.name)
+        task = self._tg.create_task(self._supervise(cfg, metrics), name=f"probe:{cfg.name}")
+        self._running[cfg.name] = (cfg, task)
+
+    def _stop_probe(self, name: str) -> None:
+        _cfg, task = self._running.pop(name)
+        task.cancel()
+        self.exposition.remove(name)
+        self.metrics.probe_restarts.remove(name)
+
+    async def _supervise(self, cfg: ProbeConfig, metrics: ProbeMetrics) -> None:
+        loop = asyncio.get_running_loop()
+        log = logs.get(probe=cfg.name, kind=cfg.kind)
+        # Stagger starts so a thousand probes do not dial in the same millisecond.
+        await asyncio.sleep(random.uniform(0, min(cfg.interval, 1.0)))
+        delay = _RESTART_INITIAL
+        while True:
+            started = loop.time()
+            try:
+                await probes.build(cfg, metrics, log).run()
+            except Exception:
+                if loop.time() - started > _RESTART_RESET_AFTER:
+                    delay = _RESTART_INITIAL
+                self.metrics.probe_restarts.labels(cfg.name).inc()
+                log.exception("probe crashed; restarting", restart_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RESTART_MAX)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's test command: sets up a fresh machine and runs formatting, lint, types and the
+# test suite (integration tests against real local servers, e2e checks with promtool).
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -k reload`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing Debian's prometheus package (promtool)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "promtool not found: run as root, or: sudo apt-get install prometheus" >&2
+    exit 1
+  fi
+fi
+
+echo "== python environment (.venv)"
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+
+echo "== ruff format / ruff check / mypy --strict"
+.venv/bin/ruff format --check probed tests
+.venv/bin/ruff check probed tests
+.venv/bin/mypy
+
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,259 @@
+"""The real CLI as a subprocess: exit codes, signals, reload, one-shot, and secrets in output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from probed.targets.echo import EchoTarget
+from tests.conftest import bound, wait_until
+
+CANARY = "canary-s3cr3t-7f3a"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def probe_config(url: str, names: tuple[str, ...] = ("a",), interval: str = "100ms") -> str:
+    body = "".join(
+        f"""  - name: {n}
+    kind: websocket
+    url: {url}
+    interval: {interval}
+    timeout: 1s
+"""
+        for n in names
+    )
+    return f"probes:\n{body}"
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "probed",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), bound(60))
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+class Daemon:
+    """`probed run` in a subprocess, its JSON log lines collected as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self.url = ""
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            text = line.decode()
+            self.raw.append(text)
+            try:
+                event = json.loads(text)
+            except ValueError:
+                continue
+            self.events.append(event)
+            if event.get("event") == "probed started":
+                self.url = event["listen"]
+
+    def seen(self, event: str, **fields: Any) -> int:
+        return sum(
+            1
+            for e in self.events
+            if e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+        )
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"{self.url}/metrics") as resp:
+            return await resp.text()
+
+    async def wait_exit(self) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), bound(10))
+        await self._reader
+        return code
+
+
+@pytest.fixture
+async def run_daemon() -> AsyncIterator[Any]:
+    procs: list[Daemon] = []
+
+    async def start(config: Path, env: dict[str, str] | None = None) -> Daemon:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "probed",
+            "run",
+            "-c",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        daemon = Daemon(proc)
+        procs.append(daemon)
+        await wait_until(lambda: daemon.url or proc.returncode is not None, what="daemon start")
+        assert daemon.url, "".join(daemon.raw)
+        return daemon
+
+    yield start
+    for d in procs:
+        if d.proc.returncode is None:
+            d.proc.kill()
+            await d.proc.wait()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+async def test_sigterm_closes_sessions_with_1001_and_exits_0(
+    tmp_path: Path, echo: EchoTarget, run_daemon: Any
+) -> None:
+    d = await run_daemon(write(tmp_path / "c.yaml", probe_config(echo.url)))
+    await wait_until(lambda: d.seen("session up") >= 1 and echo.sessions == 1)
+    d.proc.send_signal(signal.SIGTERM)
+    assert await d.wait_exit() == 0
+    assert d.seen("stopped") == 1
+    await wait_until(lambda: echo.sessions == 0, what="target saw the session close")
+    assert list(echo.close_codes) == [1001]
+
+
+async def test_reload_keeps_unchanged_probes_and_survives_bad_files(
+    tmp_path: Path, echo: EchoTarget, run_daemon: Any
+) -> None:
+    path = write(tmp_path / "c.yaml", probe_config(echo.url, ("a", "b")))
+    d = await run_daemon(path)
+    await wait_until(lambda: d.seen("session up") >= 2, what="both sessions")
+    upgrades = echo.upgrades
+
+    # b changes, c appears, a stays: only b and c dial.
+    text = probe_config(echo.url, ("a",)) + probe_config(echo.url, ("b", "c"), "200ms").replace(
+        "probes:\n", ""
+    )
+    write(path, text)
+    d.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: d.seen("config reloaded") == 1)
+    reloaded = next(e for e in d.events if e["event"] == "config reloaded")
+    assert (reloaded["kept"], reloaded["restarted"], reloaded["started"]) == (1, 1, 1)
+    await wait_until(lambda: echo.upgrades == upgrades + 2, what="b and c reconnect")
+    assert d.seen("session up", probe="a") == 1
+
+    # A broken file: kept running, flagged in metrics, reason logged with the line.
+    write(path, text + "  - name: d\n    kind: websocket\n    intervall: 1s\n")
+    async with aiohttp.ClientSession() as http, http.post(f"{d.url}/-/reload") as resp:
+        assert resp.status == 500
+        body = await resp.text()
+    assert "intervall" in body
+    assert "c.yaml:19: probes[3].intervall" in body
+    page = await d.metrics()
+    assert metric(page, "probed_config_last_reload_successful") == 0
+    assert metric(page, "probe_connections_open", probe="a") == 1
+    assert d.seen("reload failed; keeping the running config") == 1
+
+    write(path, text)
+    d.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: d.seen("config reloaded") == 2)
+    assert metric(await d.metrics(), "probed_config_last_reload_successful") == 1
+    d.proc.send_signal(signal.SIGTERM)
+    assert await d.wait_exit() == 0
+
+
+async def test_check_reports_every_error_with_its_line(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path / "bad.yaml",
+        "probes:\n"
+        "  - name: x\n"
+        "    kind: websocket\n"
+        "    url: ws://127.0.0.1:1/\n"
+        "    interval: 5\n"
+        "    colour: blue\n",
+    )
+    code, _out, err = await cli("check", "-c", str(bad))
+    assert code == 1
+    assert "bad.yaml:5:" in err and "probes[0].interval" in err
+    assert "bad.yaml:6:" in err and "colour" in err
+
+    good = write(tmp_path / "good.yaml", probe_config("ws://127.0.0.1:1/"))
+    code, out, _err = await cli("check", "-c", str(good))
+    assert code == 0 and "OK" in out
+
+    code, out, _err = await cli("check", "--schema")
+    assert code == 0 and "websocket" in json.loads(out)["$defs"].__repr__()
+
+    code, _out, err = await cli("check", "-c", str(tmp_path / "missing.yaml"))
+    assert code == 1 and "missing.yaml" in err
+
+
+async def test_once_prints_a_timeline_and_sets_the_exit_code(
+    tmp_path: Path, echo: EchoTarget
+) -> None:
+    ok = write(tmp_path / "ok.yaml", probe_config(echo.url))
+    code, out, _ = await cli("--log-format", "console", "once", "-c", str(ok))
+    assert code == 0, out
+    assert "connected" in out and "reply" in out and "rtt_ms" in out
+
+    dead = write(tmp_path / "dead.yaml", probe_config("ws://127.0.0.1:1/ws"))
+    code, out, _ = await cli("--log-format", "console", "once", "-c", str(dead))
+    assert code == 1
+    assert "refused" in out
+
+
+async def test_secrets_never_reach_logs_or_metrics(
+    tmp_path: Path, echo: EchoTarget, run_daemon: Any
+) -> None:
+    token_file = write(tmp_path / "token", f"{CANARY}-file\n")
+    path = write(
+        tmp_path / "c.yaml",
+        f"""probes:
+  - name: s
+    kind: websocket
+    url: {echo.url}?key={CANARY}-query
+    headers: {{X-Api-Key: "${{PROBE_KEY}}"}}
+    bearer_token_file: {token_file}
+    interval: 100ms
+    timeout: 1s
+""",
+    )
+    env = {"PROBE_KEY": f"{CANARY}-env"}
+    d = await run_daemon(path, env)
+    await wait_until(lambda: d.seen("session up") >= 1)
+    echo.close_all(1011, "going down")
+    await wait_until(lambda: d.seen("session up") >= 2, what="a reconnect")
+    page = await d.metrics()
+    code, once_out, once_err = await cli(
+        "--log-format", "console", "once", "-c", str(path), env=env
+    )
+    d.proc.send_signal(signal.SIGTERM)
+    await d.wait_exit()
+    everything = "".join(d.raw) + page + once_out + once_err
+    assert CANARY not in everything
+    assert code == 0
+    assert 'target="ws://127.0.0.1:' in page
