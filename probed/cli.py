@@ -98,7 +98,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     if not selected:
         print(f"probed once: no probe named {args.probe!r}", file=sys.stderr)
         return 1
-    logs.configure("debug", json=_json_logs(args))
+    logs.configure("debug", json=_json_logs(args), timeline=True)
 
     async def main() -> bool:
         ok = True
@@ -142,48 +142,55 @@ def build_parser() -> argparse.ArgumentParser:
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
     )
     parser.add_argument("--version", action="version", version=f"probed {__version__}")
-    parser.add_argument(
+    # Accepted before or after the subcommand: `probed --log-format json run` and `run --log-...`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
-        default="auto",
-        help="auto: console on a terminal, JSON lines otherwise",
+        default=argparse.SUPPRESS,
+        help="auto (default): console on a terminal, JSON lines otherwise",
     )
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the daemon")
+    def add(name: str, text: str, into: Any = sub) -> argparse.ArgumentParser:
+        made: argparse.ArgumentParser = into.add_parser(name, help=text, parents=[common])
+        return made
+
+    run = add("run", "run the daemon")
     run.add_argument("-c", "--config", required=True, help="YAML config file")
     run.add_argument("--listen", type=_listen, help="HTTP listen address (overrides global.listen)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate a config file (exit 0/1)")
+    check = add("check", "validate a config file (exit 0/1)")
     check.add_argument("-c", "--config", help="YAML config file")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
     check.set_defaults(func=cmd_check)
 
-    once = sub.add_parser("once", help="run each probe for one cycle and print a timeline")
+    once = add("once", "run each probe for one cycle and print a timeline")
     once.add_argument("-c", "--config", required=True)
     once.add_argument("--probe", help="only this probe")
     once.set_defaults(func=cmd_once)
 
-    demo = sub.add_parser("demo", help="reference targets on loopback plus the daemon probing them")
+    demo = add("demo", "reference targets on loopback plus the daemon probing them")
     demo.add_argument(
         "--listen", type=_listen, default=None, help="HTTP listen address (default 127.0.0.1:9464)"
     )
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     demo.set_defaults(func=cmd_demo)
 
-    target = sub.add_parser("target", help="run a reference target")
+    target = add("target", "run a reference target")
     kinds = target.add_subparsers(dest="target", required=True)
     for name, module, text in (
         ("echo", echo, "WebSocket echo server with fault controls"),
         ("proxy", proxy, "fault-injecting TCP proxy with a control endpoint"),
     ):
-        p = kinds.add_parser(name, help=text)
+        p = add(name, text, kinds)
         module.add_arguments(p)
         p.set_defaults(func=cmd_target, serve=module.serve)
 
-    sub.add_parser("version", help="print the version").set_defaults(
+    add("version", "print the version").set_defaults(
         func=lambda _a: print(f"probed {__version__}") or 0
     )
     return parser

@@ -275,7 +275,7 @@ class Supervisor:
                     "connect failed",
                     reason=exc.reason,
                     phase=exc.phase,
-                    detail=self._redact(exc.detail),
+                    detail=exc.detail,
                     retry_in_s=round(delay, 3),
                     attempt=attempt,
                 )
@@ -424,7 +424,8 @@ class Supervisor:
             sock.close()
             phase = "tls" if self._secure and not tls_done else "upgrade"
             reason, retry_after = _handshake_reason(exc)
-            raise ConnectError(reason, phase, str(exc) or type(exc).__name__, retry_after) from None
+            detail = self._redact(str(exc) or type(exc).__name__)
+            raise ConnectError(reason, phase, detail, retry_after) from None
         if self._secure:
             self._phases["tls"] = tls_done[0] - started
             self._mark("upgrade", tls_done[0])

@@ -26,25 +26,31 @@ DEMO_CONFIG = """\
 global:
   labels: {{location: demo}}
 probes:
+  # A healthy echo server on loopback.
   - name: echo-local
     kind: websocket
     url: {fast}
     interval: 250ms
     timeout: 2s
+  # Replies after 40 ms +/- 20 ms: some miss the 50 ms SLO.
   - name: echo-slow
     kind: websocket
-    url: {slow}               # 40 ms +/- 20 ms server delay: some replies miss the 50 ms SLO
+    url: {slow}
     interval: 250ms
     timeout: 2s
-  - name: echo-churn
+  # Through a fault-injecting proxy that the demo breaks now and then; also closes on purpose
+  # (churn) so reconnect time is measured while all is well.
+  - name: echo-faults
     kind: websocket
-    url: {proxied}            # through a fault-injecting proxy
+    url: {proxied}
     interval: 500ms
     timeout: 2s
     connection:
-      churn: 20s              # close on purpose every 20 s to measure reconnects
-      keepalive: {{interval: 5s, timeout: 2s}}
+      churn: 1m
+      keepalive: {{interval: 3s, timeout: 2s}}
 """
+
+_FAULT_EVERY = 30.0
 
 
 def _fmt_ms(seconds: float | None) -> str:
@@ -56,10 +62,21 @@ def _sample(probe: ProbeMetrics, name: str) -> int:
     return int(value or 0)
 
 
+def _disconnects(probe: ProbeMetrics) -> str:
+    counts = [
+        f"{s.labels['reason']}:{int(s.value)}"
+        for family in probe.registry.collect()
+        if family.name == "probe_disconnects"
+        for s in family.samples
+        if s.name.endswith("_total") and s.value > 0
+    ]
+    return " ".join(counts) or "-"
+
+
 def summary(probes: list[ProbeMetrics], slo: dict[str, float], out: TextIO) -> None:
     header = (
         f"{'probe':<12} {'state':<5} {'p50':>8} {'p99':>8} {'SLO':>6} {'in SLO':>7} "
-        f"{'sent':>6} {'lost':>5} {'reconnects':>10}"
+        f"{'sent':>6} {'lost':>5}  disconnects"
     )
     lines = [header]
     for p in probes:
@@ -74,7 +91,7 @@ def summary(probes: list[ProbeMetrics], slo: dict[str, float], out: TextIO) -> N
             f"{p.name:<12} {'up' if p.connected else 'DOWN':<5} {_fmt_ms(p50):>8} "
             f"{_fmt_ms(p99):>8} {_fmt_ms(slo[p.name]):>6} {within:>7} "
             f"{_sample(p, 'probe_messages_sent_total'):>6} "
-            f"{_sample(p, 'probe_messages_lost_total'):>5} {max(0, p.connects - 1):>10}"
+            f"{_sample(p, 'probe_messages_lost_total'):>5}  {_disconnects(p)}"
         )
     print("\n".join(lines) + "\n", file=out, flush=True)
 
@@ -110,11 +127,12 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             f"probed {__version__} demo: probing reference targets on loopback.\n"
             f"  metrics:  http://{host}:{port}/metrics\n"
             f"  config:   (embedded, below)\n\n{text}\n"
-            "Summary every 5 s; Ctrl-C to stop.\n",
+            "Summary every 5 s (percentiles over the latest 100 replies); Ctrl-C to stop.\n",
             file=out,
             flush=True,
         )
         slo = {p.name: p.slo.latency for p in config.probes}
+        faults = asyncio.create_task(_game_day(proxy, out))
         loop = asyncio.get_running_loop()
         end = None if duration is None else loop.time() + duration
         while not runner.done():
@@ -124,6 +142,21 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             done, _ = await asyncio.wait({runner}, timeout=wait)
             if not done:
                 summary(daemon.exposition.probes(), slo, out)
+        faults.cancel()
         daemon.stop()
         await runner
     return 0
+
+
+async def _game_day(proxy: FaultProxy, out: TextIO) -> None:
+    """Break echo-faults' network every so often so the reconnect metrics have something to show."""
+    while True:
+        await asyncio.sleep(_FAULT_EVERY)
+        print("demo: fault: TCP reset of echo-faults' connection (reason=reset)\n", file=out)
+        proxy.reset()
+        await asyncio.sleep(_FAULT_EVERY)
+        print("demo: fault: blackhole echo-faults' network for 8 s (reason=stalled)\n", file=out)
+        proxy.blackhole()
+        await asyncio.sleep(8)
+        proxy.heal()
+        print("demo: fault healed\n", file=out)

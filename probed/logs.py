@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any, TextIO
 
 import structlog
@@ -28,10 +29,26 @@ def _filter(_logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
     return event
 
 
+def _since(start: float) -> Any:
+    def stamp(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+        event["timestamp"] = f"+{(time.perf_counter() - start) * 1e3:.1f}ms"
+        return event
+
+    return stamp
+
+
 def configure(
-    level: str = "info", *, json: bool | None = None, stream: TextIO | None = None
+    level: str = "info",
+    *,
+    json: bool | None = None,
+    stream: TextIO | None = None,
+    timeline: bool = False,
 ) -> None:
-    """Set up structlog once per process. json=None picks console rendering on a TTY."""
+    """Set up structlog once per process. json=None picks console rendering on a TTY.
+
+    timeline=True stamps events with the time since now instead of the wall clock, for reading
+    one probe cycle as a sequence (`probed once`).
+    """
     out = stream or sys.stdout
     set_level(level)
     use_json = not out.isatty() if json is None else json
@@ -46,7 +63,9 @@ def configure(
             _filter,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _since(time.perf_counter())
+            if timeline
+            else structlog.processors.TimeStamper(fmt="iso", utc=True),
             *tail,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),

@@ -256,7 +256,7 @@ class EchoProbe:
         try:
             session = await self.supervisor.connect()
         except ConnectError as exc:
-            self._log.error("connect failed", reason=exc.reason, phase=exc.phase)
+            self._log.error("connect failed", reason=exc.reason, phase=exc.phase, detail=exc.detail)
             return False
         self._log.info(
             "connected",
