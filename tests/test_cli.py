@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -139,8 +141,10 @@ async def test_sigterm_closes_sessions_with_1001_and_exits_0(
 ) -> None:
     d = await run_daemon(write(tmp_path / "c.yaml", probe_config(echo.url)))
     await wait_until(lambda: d.seen("session up") >= 1 and echo.sessions == 1)
+    stopping = time.monotonic()
     d.proc.send_signal(signal.SIGTERM)
     assert await d.wait_exit() == 0
+    assert time.monotonic() - stopping < bound(5)
     assert d.seen("stopped") == 1
     await wait_until(lambda: echo.sessions == 0, what="target saw the session close")
     assert list(echo.close_codes) == [1001]
@@ -257,3 +261,21 @@ async def test_secrets_never_reach_logs_or_metrics(
     assert CANARY not in everything
     assert code == 0
     assert 'target="ws://127.0.0.1:' in page
+
+
+async def test_run_refuses_a_bad_config_and_a_busy_port(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.yaml", "probes:\n  - name: x\n    kind: websockt\n")
+    code, _out, err = await cli("run", "-c", str(bad))
+    assert code == 1
+    assert "bad.yaml:3: probes[0].kind" in err and "websocket" in err
+
+    good = write(tmp_path / "good.yaml", probe_config("ws://127.0.0.1:1/"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _out, err = await cli("run", "-c", str(good), "--listen", f"127.0.0.1:{port}")
+    assert code == 1 and "cannot listen" in err
+
+    code, _out, err = await cli("run", "-c", str(good), "--listen", "nonsense")
+    assert code == 2 and "--listen" in err
