@@ -114,6 +114,8 @@ class Daemon:
         """Re-read the config file; on error keep running as before and say why."""
         if self._path is None:
             return False, "no config file to reload (the daemon runs an embedded config)"
+        if not self.ready.is_set():
+            return False, "probed is starting or stopping; try again"
         sd_notify("RELOADING=1")
         try:
             config = load_config(self._path)
