@@ -14,6 +14,7 @@ import random
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -23,7 +24,8 @@ from urllib.parse import urlsplit
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.frames import CloseCode
+from websockets.frames import DATA_OPCODES, CloseCode, Frame
+from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
 from probed import __version__
@@ -76,11 +78,34 @@ class _Stalled(Exception):
     pass
 
 
+class TimedConnection(ClientConnection):
+    """Stamps each inbound message when its last bytes arrive, before any task wakes for it.
+
+    Taking the time after recv() returns would add the wait for the reader task to be scheduled,
+    which grows with load: exactly the probe's own lateness that must not be measured.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrivals: deque[int] = deque()
+        self._chunk_ns = 0
+
+    def data_received(self, data: bytes) -> None:
+        self._chunk_ns = time.perf_counter_ns()
+        super().data_received(data)
+
+    def process_event(self, event: Event) -> None:
+        # One final data frame per message, in the order recv() hands messages out.
+        if isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
+            self.arrivals.append(self._chunk_ns)
+        super().process_event(event)
+
+
 @dataclass
 class Session:
     """One usable connection: an epoch. Sequence numbers and in-flight state belong to it."""
 
-    ws: ClientConnection
+    ws: TimedConnection
     epoch: int
     started_ns: int
     resume_handle: str | None
@@ -88,11 +113,11 @@ class Session:
     draining: bool = False
 
     async def recv(self) -> tuple[str | bytes, int]:
-        """The next inbound message and the instant it was read, before any parsing."""
+        """The next inbound message and the instant its bytes arrived, before any parsing."""
         data = await self.ws.recv()
-        now = time.perf_counter_ns()
-        self.last_inbound_ns = now
-        return data, now
+        arrived = self.ws.arrivals.popleft() if self.ws.arrivals else time.perf_counter_ns()
+        self.last_inbound_ns = arrived
+        return data, arrived
 
     async def send(self, data: str | bytes) -> None:
         await self.ws.send(data)
@@ -388,11 +413,11 @@ class Supervisor:
         assert last is not None
         raise ConnectError(_tcp_reason(last), "tcp", last.strerror or type(last).__name__)
 
-    async def _upgrade(self, sock: socket.socket, limit: float, started: float) -> ClientConnection:
+    async def _upgrade(self, sock: socket.socket, limit: float, started: float) -> TimedConnection:
         loop = asyncio.get_running_loop()
         tls_done: list[float] = []
 
-        class _Timed(ClientConnection):
+        class _Timed(TimedConnection):
             # asyncio calls connection_made once the TLS handshake is over: the tls/upgrade split.
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 tls_done.append(time.perf_counter())
@@ -426,6 +451,7 @@ class Supervisor:
             reason, retry_after = _handshake_reason(exc)
             detail = self._redact(str(exc) or type(exc).__name__)
             raise ConnectError(reason, phase, detail, retry_after) from None
+        assert isinstance(conn, TimedConnection)
         if self._secure:
             self._phases["tls"] = tls_done[0] - started
             self._mark("upgrade", tls_done[0])
