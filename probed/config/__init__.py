@@ -1,0 +1,65 @@
+"""The probed configuration: schema, YAML loading, durations, secrets and error reporting.
+
+The schema is strict (unknown keys are errors) and every error names the YAML path and line,
+because the people reading these errors are SREs staring at a 300-line file during an incident,
+not Python developers.
+
+Import from here; the modules are an implementation detail:
+
+- durations.py: parse_duration, format_duration and the Seconds field type
+- schema/: the pydantic models; common.py (StrictModel and shared pieces), one module per probe
+  kind (websocket.py), probes.py (the ProbeConfig union), root.py (Config, GlobalConfig)
+- loading.py: parse_config and load_config
+- yaml_reader.py: YAML node tree to plain data with lines, ${VAR} expansion, duplicate keys
+- errors.py: ConfigError, ConfigIssue, and mapping pydantic errors back to YAML paths and lines
+- validation.py: the load context and problem-carrying error shared by validators and loader
+- json_schema.py: config_json_schema
+"""
+
+from probed.config.durations import DURATION_PATTERN, Seconds, format_duration, parse_duration
+from probed.config.errors import ConfigError, ConfigIssue
+from probed.config.json_schema import config_json_schema
+from probed.config.loading import load_config, parse_config
+from probed.config.schema.common import (
+    ConnectionConfig,
+    KeepaliveConfig,
+    MatchConfig,
+    MessageConfig,
+    ReadableFile,
+    ReconnectConfig,
+    SloConfig,
+    StrictModel,
+    TlsConfig,
+)
+from probed.config.schema.probes import PROBE_KINDS, ProbeConfig
+from probed.config.schema.root import RESERVED_LABEL_NAMES, Config, GlobalConfig
+from probed.config.schema.root import split_listen as split_listen
+from probed.config.schema.websocket import MAX_IN_FLIGHT, WebSocketProbeConfig
+
+__all__ = [
+    "DURATION_PATTERN",
+    "MAX_IN_FLIGHT",
+    "PROBE_KINDS",
+    "RESERVED_LABEL_NAMES",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "ConnectionConfig",
+    "GlobalConfig",
+    "KeepaliveConfig",
+    "MatchConfig",
+    "MessageConfig",
+    "ProbeConfig",
+    "ReadableFile",
+    "ReconnectConfig",
+    "Seconds",
+    "SloConfig",
+    "StrictModel",
+    "TlsConfig",
+    "WebSocketProbeConfig",
+    "config_json_schema",
+    "format_duration",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+]

@@ -1,0 +1,133 @@
+"""The top of the config file: Config with its global: settings and probes: list."""
+
+import re
+from ipaddress import IPv4Address, IPv6Address
+from typing import Final, Literal
+
+from pydantic import Field, field_validator
+
+from probed.config.durations import Seconds
+from probed.config.schema.common import StrictModel
+from probed.config.schema.probes import ProbeConfig
+from probed.config.validation import Problem, _fail, _problems_error
+
+_LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+RESERVED_LABEL_NAMES: Final = frozenset(
+    {
+        "probe",
+        "kind",
+        "target",
+        "adapter",
+        "reason",
+        "code",
+        "phase",
+        "result",
+        "version",
+        "python_version",
+        "event_loop",
+        "le",
+        "quantile",
+    }
+)
+_HOSTNAME_RE: Final = re.compile(
+    r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
+)
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Split "host:port" / "[v6]:port" / ":port"; raises ValueError with an SRE-facing reason."""
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+        if not sep:
+            raise ValueError("must be [ipv6-address]:port")
+        try:
+            IPv6Address(host)
+        except ValueError:
+            raise ValueError("has an invalid IPv6 address") from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464 or [::1]:9464")
+        if ":" in host:
+            raise ValueError("IPv6 addresses need brackets, e.g. [::1]:9464")
+        if host and not _HOSTNAME_RE.fullmatch(host):
+            try:
+                IPv4Address(host)
+            except ValueError:
+                raise ValueError("has an invalid host") from None
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError("needs a port between 0 and 65535")
+    return host, int(port_text)
+
+
+class GlobalConfig(StrictModel):
+    listen: str = "127.0.0.1:9464"
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={"propertyNames": {"pattern": f"^{_LABEL_NAME_RE.pattern}$"}},
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # A measurement taken while the event loop lagged more than this is tainted: kept out of the
+    # latency histograms so a starved process raises a self-health alert, not a false SLO page.
+    loop_lag_threshold: Seconds = 0.05
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        try:
+            split_listen(value)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        problems: list[Problem] = []
+        for name, label_value in value.items():
+            if not _LABEL_NAME_RE.fullmatch(name):
+                problems.append(((name,), "label names must match [a-zA-Z_][a-zA-Z0-9_]*"))
+            elif name.startswith("__"):
+                problems.append(
+                    ((name,), "label names starting with __ are reserved by Prometheus")
+                )
+            elif name in ("job", "instance"):
+                problems.append(
+                    ((name,), "is set by Prometheus on scrape (yours would become exported_*)")
+                )
+            elif name in RESERVED_LABEL_NAMES:
+                problems.append(((name,), "is a label probed sets itself; pick another name"))
+            if not label_value:
+                # Prometheus treats an empty label as absent: most likely an unset variable.
+                problems.append(((name,), "label value must not be empty"))
+        if problems:
+            raise _problems_error(problems)
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """(host, port) to bind; host has no brackets and is "" for all interfaces."""
+        return split_listen(self.listen)
+
+
+class Config(StrictModel):
+    # Not `alias`: type checkers would then want Config(global=...), which is not valid Python.
+    global_: GlobalConfig = Field(
+        default_factory=GlobalConfig, validation_alias="global", serialization_alias="global"
+    )
+    probes: list[ProbeConfig] = Field(default_factory=list)
+
+    def _semantic_problems(self) -> list[Problem]:
+        problems: list[Problem] = []
+        first: dict[str, int] = {}
+        for index, probe in enumerate(self.probes):
+            if probe.name in first:
+                problems.append(
+                    (
+                        ("probes", index, "name"),
+                        f'duplicate probe name "{probe.name}" '
+                        f"(first used by probes[{first[probe.name]}])",
+                    )
+                )
+            first.setdefault(probe.name, index)
+        return problems
