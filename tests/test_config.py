@@ -665,6 +665,30 @@ def test_tls_server_name_must_be_a_name() -> None:
 # --- semantic checks --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("keepalive: 20s", KeepaliveConfig(interval=20)),
+        ("keepalive: off", KeepaliveConfig(mode="off")),
+        ("keepalive: 'off'", KeepaliveConfig(mode="off")),
+    ],
+)
+def test_keepalive_shorthands(written: str, expected: KeepaliveConfig) -> None:
+    got = first_probe(probe(f"connection:\n  {written}"))
+    assert got.connection.keepalive == expected
+
+
+def test_keepalive_shorthand_with_a_bad_duration_names_the_key() -> None:
+    issue = one_issue(probe("connection:\n  keepalive: 20"))
+    assert issue.path.startswith("probes[0].connection.keepalive")
+    assert issue.line == 6
+
+
+def test_keepalive_shorthands_are_in_the_json_schema() -> None:
+    text = json.dumps(config_json_schema()["$defs"]["ConnectionConfig"]["properties"]["keepalive"])
+    assert "anyOf" in text and "pattern" in text and "KeepaliveConfig" in text
+
+
 def test_keepalive_message_required_for_message_mode() -> None:
     issue = one_issue(probe("connection:\n  keepalive: {mode: message}"))
     assert issue == ConfigIssue(

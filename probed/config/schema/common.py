@@ -1,7 +1,7 @@
 """StrictModel, the base of every config model, and the sub-models probe kinds share."""
 
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from probed.config.durations import Seconds, format_duration
+from probed.config.durations import DURATION_PATTERN, Seconds, format_duration
 from probed.config.validation import Problem, _fail, _LoadContext, _problems_error
 
 
@@ -114,9 +114,22 @@ class ReconnectConfig(StrictModel):
         return []
 
 
+def _keepalive_shorthand_schema(schema: dict[str, Any]) -> None:
+    # Editors should accept the shorthands too: `keepalive: 15s` and `keepalive: off`.
+    full = {k: schema.pop(k) for k in ("$ref", "allOf") if k in schema}
+    schema["anyOf"] = [
+        full,
+        {"type": "string", "pattern": DURATION_PATTERN, "description": "ping every interval"},
+        {"const": False, "description": "off"},
+        {"const": "off"},
+    ]
+
+
 class ConnectionConfig(StrictModel):
     connect_timeout: Seconds = 10.0  # a deadline for each phase: dns, tcp, tls, upgrade, setup
-    keepalive: KeepaliveConfig = KeepaliveConfig()
+    keepalive: KeepaliveConfig = Field(
+        default=KeepaliveConfig(), json_schema_extra=_keepalive_shorthand_schema
+    )
     reconnect: ReconnectConfig = ReconnectConfig()
     churn: Seconds | None = None
     close_timeout: Seconds = 2.0
@@ -125,7 +138,7 @@ class ConnectionConfig(StrictModel):
     @classmethod
     def _keepalive_shorthand(cls, value: object) -> object:
         # `keepalive: 15s` (ping every 15 s) and `keepalive: off` are what most configs need.
-        if value is False:
+        if value is False or value == "off":
             return {"mode": "off"}
         if isinstance(value, str):
             return {"interval": value}
