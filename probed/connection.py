@@ -36,6 +36,7 @@ from probed.metrics import ProbeMetrics
 MAX_RETRY_AFTER = 3600.0
 # Close codes a client sends when the *server* broke the protocol (RFC 6455 section 7.4.1).
 _PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
+_HTTP = b"HTTP/"
 # What websockets (and every browser) reports when a connection ended without a close frame.
 _NO_CLOSE_FRAME = 1006
 
@@ -89,9 +90,19 @@ class TimedConnection(ClientConnection):
         super().__init__(*args, **kwargs)
         self.arrivals: deque[int] = deque()
         self._chunk_ns = 0
+        self._head = b""
+        self.not_http = False
 
     def data_received(self, data: bytes) -> None:
         self._chunk_ns = time.perf_counter_ns()
+        if self.response is None and len(self._head) < len(_HTTP):
+            # A peer that is not an HTTP server (an SSH banner, a binary protocol) would otherwise
+            # leave the handshake waiting for a CRLF that never comes: call it what it is now.
+            self._head += data[: len(_HTTP) - len(self._head)]
+            if not _HTTP.startswith(self._head):
+                self.not_http = True
+                self.transport.abort()
+                return
         super().data_received(data)
 
     def process_event(self, event: Event) -> None:
@@ -416,11 +427,13 @@ class Supervisor:
     async def _upgrade(self, sock: socket.socket, limit: float, started: float) -> TimedConnection:
         loop = asyncio.get_running_loop()
         tls_done: list[float] = []
+        made: list[TimedConnection] = []
 
         class _Timed(TimedConnection):
             # asyncio calls connection_made once the TLS handshake is over: the tls/upgrade split.
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 tls_done.append(time.perf_counter())
+                made.append(self)
                 deadline.reschedule(loop.time() + limit)
                 super().connection_made(transport)
 
@@ -449,6 +462,8 @@ class Supervisor:
             sock.close()
             phase = "tls" if self._secure and not tls_done else "upgrade"
             reason, retry_after = _handshake_reason(exc)
+            if made and made[0].not_http:
+                reason, retry_after = "protocol_error", None
             detail = self._redact(str(exc) or type(exc).__name__)
             raise ConnectError(reason, phase, detail, retry_after) from None
         assert isinstance(conn, TimedConnection)
@@ -552,8 +567,12 @@ class Supervisor:
                 raise _Stalled(f"no data for {cfg.interval + cfg.timeout}s")
             if now >= next_send:
                 next_send += interval_ns
-                async with asyncio.timeout(cfg.timeout):
-                    await session.ws.send(cfg.message)
+                try:
+                    async with asyncio.timeout(cfg.timeout):
+                        await session.ws.send(cfg.message)
+                except TimeoutError:
+                    # The peer stopped reading: our writes back up although its data still flows.
+                    raise _Stalled(f"keepalive not written within {cfg.timeout}s") from None
 
     def _redact(self, text: str) -> str:
         # Library errors may quote the URL, which can carry a key in its query string.
