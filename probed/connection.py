@@ -23,7 +23,12 @@ from urllib.parse import urlsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+)
 from websockets.frames import DATA_OPCODES, CloseCode, Frame
 from websockets.protocol import Event
 from websockets.typing import Subprotocol
@@ -91,6 +96,7 @@ class TimedConnection(ClientConnection):
         self.arrivals: deque[int] = deque()
         self._chunk_ns = 0
         self._head = b""
+        # The peer answered the upgrade with something that is not HTTP.
         self.not_http = False
 
     def data_received(self, data: bytes) -> None:
@@ -104,6 +110,10 @@ class TimedConnection(ClientConnection):
                 self.transport.abort()
                 return
         super().data_received(data)
+        # The parser refused the answer's own bytes while the connection was still open (e.g.
+        # bare-LF lines): a protocol error, not the reset it would later look like.
+        if isinstance(self.protocol.handshake_exc, InvalidMessage):
+            self.not_http = True
 
     def process_event(self, event: Event) -> None:
         # One final data frame per message, in the order recv() hands messages out.

@@ -157,8 +157,11 @@ class EchoProbe:
             if session is None or session.draining:
                 continue
             try:
-                await self.send(session)
-            except ConnectionClosed:
+                # A peer that stopped reading must not stop the schedule: the message stays in
+                # flight (and will count as lost) while the next slot comes round.
+                async with asyncio.timeout(self._cfg.timeout):
+                    await self.send(session)
+            except (ConnectionClosed, TimeoutError):
                 continue  # the supervisor classifies the loss
 
     async def send(self, session: Session) -> str:
