@@ -14,6 +14,7 @@ import pytest
 import trustme
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.typing import Subprotocol
 
 from probed import __version__
 from probed.config import parse_config
@@ -41,7 +42,9 @@ async def recorder() -> AsyncIterator[Recorder]:
         async for message in ws:
             await ws.send(message)
 
-    async with serve(handler, "127.0.0.1", 0, subprotocols=["chat.v2", "chat.v1"]) as server:
+    async with serve(
+        handler, "127.0.0.1", 0, subprotocols=[Subprotocol("chat.v2"), Subprotocol("chat.v1")]
+    ) as server:
         rec.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         yield rec
 
