@@ -7,7 +7,7 @@ import json
 import math
 import ssl
 from collections.abc import Collection, Mapping
-from typing import NoReturn
+from typing import NoReturn, Self
 
 from aiohttp import web
 
@@ -67,6 +67,23 @@ def get_number(body: Mapping[str, object], key: str, *, nullable: bool = True) -
     if not math.isfinite(value) or value < 0:
         bad_request(f"{key!r} must be a finite number >= 0")
     return float(value)
+
+
+class Service:
+    """Something started and stopped around a block: `async with EchoTarget() as echo:`."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc_info: object) -> None:
+        await self.stop()
 
 
 class HttpServer:

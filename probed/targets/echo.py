@@ -16,12 +16,12 @@ import math
 import random
 import ssl
 from collections import deque
-from types import TracebackType
 
 from aiohttp import WSMessage, WSMsgType, web
 
 from probed.targets.control import (
     HttpServer,
+    Service,
     bad_request,
     get_bool,
     get_int,
@@ -91,7 +91,7 @@ class _Session:
                 return  # the session is closing; the reader side cleans up
 
 
-class EchoTarget:
+class EchoTarget(Service):
     """Echoes every message after ``delay`` +/- ``jitter`` seconds, on ``/ws`` and ``/``.
 
     Faults take effect at once, for open sessions and new ones alike.
@@ -142,18 +142,6 @@ class EchoTarget:
         self.close_all(1001, "server stopping")
         await asyncio.gather(*self._closers, return_exceptions=True)
         await self._http.stop()
-
-    async def __aenter__(self) -> EchoTarget:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:

@@ -20,13 +20,13 @@ import contextlib
 import math
 import socket
 import struct
-from types import TracebackType
 from typing import TypeAlias
 
 from aiohttp import web
 
 from probed.targets.control import (
     HttpServer,
+    Service,
     bad_request,
     get_bool,
     get_int,
@@ -161,7 +161,7 @@ class _Link:
                 return
 
 
-class FaultProxy:
+class FaultProxy(Service):
     """TCP proxy to one upstream; faults apply at once to open and new connections alike.
 
     ``throttle`` caps each direction of each connection separately; ``close_after`` counts
@@ -206,18 +206,6 @@ class FaultProxy:
         for link in links:
             link.abort()
         await asyncio.gather(*(link.task for link in links), return_exceptions=True)
-
-    async def __aenter__(self) -> FaultProxy:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     @property
     def port(self) -> int:
