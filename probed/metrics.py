@@ -78,6 +78,12 @@ CONNECT_ERROR_REASONS: Final = (
     "protocol_error",
     "setup",
 )
+# Every label name a metric of ours carries (plus Prometheus's own le and quantile): a global
+# static label with one of these names would clash, so the config refuses them.
+RESERVED_LABEL_NAMES: Final = frozenset(
+    {"probe", "kind", "target", "adapter", "reason", "code", "phase", "result"}
+    | {"version", "python_version", "event_loop", "le", "quantile"}
+)
 UNMATCHED_REASONS: Final = ("not_json", "missing_field", "late", "unknown")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from probed.metrics import RESERVED_LABEL_NAMES
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, parse_exposition, wait_until
 
@@ -63,6 +64,8 @@ async def test_golden_exposition(echo: EchoTarget, start_daemon: StartDaemon) ->
     got = render(parse_exposition(plain))
     if os.environ.get("PROBED_UPDATE_GOLDEN"):
         GOLDEN.write_text(got)
+    used = set().union(*(labels for _kind, labels in parse_exposition(plain).values()))
+    assert used - {"location"} <= RESERVED_LABEL_NAMES, "a new label must be reserved in config"
     assert got == GOLDEN.read_text(), (
         "the metric contract changed: update alerts, dashboards and README with it, then"
         " rerun with PROBED_UPDATE_GOLDEN=1"

@@ -32,9 +32,10 @@ from probed.config.schema.common import (
     TlsConfig,
 )
 from probed.config.schema.probes import PROBE_KINDS, ProbeConfig
-from probed.config.schema.root import RESERVED_LABEL_NAMES, Config, GlobalConfig
+from probed.config.schema.root import Config, GlobalConfig
 from probed.config.schema.root import split_listen as split_listen
 from probed.config.schema.websocket import MAX_IN_FLIGHT, WebSocketProbeConfig
+from probed.metrics import RESERVED_LABEL_NAMES
 
 __all__ = [
     "DURATION_PATTERN",

@@ -10,25 +10,9 @@ from probed.config.durations import Seconds
 from probed.config.schema.common import StrictModel
 from probed.config.schema.probes import ProbeConfig
 from probed.config.validation import Problem, _fail, _problems_error
+from probed.metrics import RESERVED_LABEL_NAMES
 
 _LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-RESERVED_LABEL_NAMES: Final = frozenset(
-    {
-        "probe",
-        "kind",
-        "target",
-        "adapter",
-        "reason",
-        "code",
-        "phase",
-        "result",
-        "version",
-        "python_version",
-        "event_loop",
-        "le",
-        "quantile",
-    }
-)
 _HOSTNAME_RE: Final = re.compile(
     r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
 )
