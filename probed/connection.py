@@ -42,6 +42,7 @@ MAX_RETRY_AFTER = 3600.0
 # Close codes a client sends when the *server* broke the protocol (RFC 6455 section 7.4.1).
 _PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
 _HTTP = b"HTTP/"
+_SHUTDOWN_CLOSE_TIMEOUT = 3.0
 # What websockets (and every browser) reports when a connection ended without a close frame.
 _NO_CLOSE_FRAME = 1006
 
@@ -504,7 +505,10 @@ class Supervisor:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             reason, code = await self._conclude(session, done, tasks)
         except asyncio.CancelledError:
-            await self._close(session, CloseCode.GOING_AWAY, "probe shutting down")
+            # The daemon promises to exit within 5 s of SIGTERM, whatever close_timeout says.
+            await self._close(
+                session, CloseCode.GOING_AWAY, "probe shutting down", _SHUTDOWN_CLOSE_TIMEOUT
+            )
             raise
         finally:
             for task in tasks:
@@ -544,9 +548,12 @@ class Supervisor:
         await self._close(session, CloseCode.NORMAL_CLOSURE, "probe done")
         return "churn", None
 
-    async def _close(self, session: Session, code: int, reason: str) -> None:
+    async def _close(
+        self, session: Session, code: int, reason: str, within: float | None = None
+    ) -> None:
+        limit = self._cfg.close_timeout if within is None else min(within, self._cfg.close_timeout)
         try:
-            async with asyncio.timeout(self._cfg.close_timeout):
+            async with asyncio.timeout(limit):
                 await session.ws.close(code, reason)
         except (TimeoutError, OSError):
             session.ws.transport.abort()

@@ -587,6 +587,22 @@ async def test_shutdown_says_going_away_and_counts_shutdown(
     assert list(echo.close_codes) == [1001]
 
 
+async def test_shutdown_is_prompt_even_when_the_close_goes_unanswered(
+    echo: EchoTarget, start_daemon: StartDaemon
+) -> None:
+    async with FaultProxy("127.0.0.1", echo.port) as proxy:
+        url = f"ws://127.0.0.1:{proxy.port}/ws"
+        connection = "{close_timeout: 30s, keepalive: {interval: 1m, timeout: 30s}}"
+        d = await start_daemon(config(probes(probe_yaml(url, connection=connection))))
+        await wait_until(lambda: up(d), what="session up")
+        proxy.blackhole()  # the close frame will never be answered
+        started = time.monotonic()
+        d.daemon.stop()
+        await asyncio.wait_for(d.task, bound(10))
+        # SIGTERM promises an exit within 5 s; a 30 s close_timeout must not break it.
+        assert time.monotonic() - started < 5
+
+
 # -- 9. hostile servers ------------------------------------------------------------------------
 
 
