@@ -378,6 +378,9 @@ class Supervisor:
             raise ConnectError("timeout", phase, f"no answer within {limit}s") from None
         except socket.gaierror as exc:
             raise ConnectError("dns", phase, exc.strerror or str(exc)) from None
+        except UnicodeError:
+            # The name cannot even be encoded for a query (e.g. a label over 63 characters).
+            raise ConnectError("dns", phase, "host name is not a valid DNS name") from None
         t = self._mark(phase, t)
 
         phase = "tcp"

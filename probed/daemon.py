@@ -113,9 +113,9 @@ class Daemon:
     def reload(self) -> tuple[bool, str]:
         """Re-read the config file; on error keep running as before and say why."""
         if self._path is None:
-            return False, "no config file to reload (the daemon runs an embedded config)"
+            return self._refuse_reload("no config file (the daemon runs an embedded config)")
         if not self.ready.is_set():
-            return False, "probed is starting or stopping; try again"
+            return self._refuse_reload("probed is starting or stopping; try again")
         sd_notify("RELOADING=1")
         try:
             config = load_config(self._path)
@@ -131,6 +131,10 @@ class Daemon:
         self._log.info("config reloaded", **summary)
         sd_notify("READY=1")
         return True, ", ".join(f"{k}: {v}" for k, v in summary.items())
+
+    def _refuse_reload(self, why: str) -> tuple[bool, str]:
+        self._log.warning("reload refused", why=why)
+        return False, why
 
     def _apply(self, config: Config) -> dict[str, int]:
         g = config.global_
