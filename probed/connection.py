@@ -1,63 +1,35 @@
 """The WebSocket session supervisor every WebSocket-based probe runs on.
 
-It dials in measured phases (dns, tcp, tls, upgrade, then the probe's own setup), each under its
-own deadline; holds the session with a keepalive; classifies how each session ends; and reconnects
-with capped, jittered exponential backoff, timing the reconnect from the moment the loss was
-detected. Probes supply a `SessionHandler`: what to do once connected, nothing about connecting.
+It dials (dial.py) and then runs the probe's own setup step, under the same per-phase deadline;
+holds the session with a keepalive; classifies how each session ends; and reconnects with capped,
+jittered exponential backoff, timing the reconnect from the moment the loss was detected. Probes
+supply a `SessionHandler`: what to do once connected, nothing about connecting.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import random
-import socket
-import ssl
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import (
-    ConnectionClosed,
-    InvalidHandshake,
-    InvalidMessage,
-    InvalidStatus,
-)
-from websockets.frames import DATA_OPCODES, CloseCode, Frame
-from websockets.protocol import Event
-from websockets.typing import Subprotocol
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 
-from probed import __version__
 from probed.config import ConnectionConfig, ReconnectConfig, TlsConfig
+from probed.dial import ConnectError, Dialer, TimedConnection, cert_expiry
 from probed.metrics import ProbeMetrics
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
 # Close codes a client sends when the *server* broke the protocol (RFC 6455 section 7.4.1).
 _PROTOCOL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1009})
-_HTTP = b"HTTP/"
 _SHUTDOWN_CLOSE_TIMEOUT = 3.0
 # What websockets (and every browser) reports when a connection ended without a close frame.
 _NO_CLOSE_FRAME = 1006
-
-
-class ConnectError(Exception):
-    """A connection attempt that did not produce a usable session."""
-
-    def __init__(
-        self, reason: str, phase: str, detail: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(f"{phase}: {detail}")
-        self.reason = reason
-        self.phase = phase
-        self.detail = detail
-        self.retry_after = retry_after
 
 
 class SessionEnded(Exception):
@@ -83,44 +55,6 @@ class AppTimeout(SessionEnded):
 
 class _Stalled(Exception):
     pass
-
-
-class TimedConnection(ClientConnection):
-    """Stamps each inbound message when its last bytes arrive, before any task wakes for it.
-
-    Taking the time after recv() returns would add the wait for the reader task to be scheduled,
-    which grows with load: exactly the probe's own lateness that must not be measured.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.arrivals: deque[int] = deque()
-        self._chunk_ns = 0
-        self._head = b""
-        # The peer answered the upgrade with something that is not HTTP.
-        self.not_http = False
-
-    def data_received(self, data: bytes) -> None:
-        self._chunk_ns = time.perf_counter_ns()
-        if self.response is None and len(self._head) < len(_HTTP):
-            # A peer that is not an HTTP server (an SSH banner, a binary protocol) would otherwise
-            # leave the handshake waiting for a CRLF that never comes: call it what it is now.
-            self._head += data[: len(_HTTP) - len(self._head)]
-            if not _HTTP.startswith(self._head):
-                self.not_http = True
-                self.transport.abort()
-                return
-        super().data_received(data)
-        # The parser refused the answer's own bytes while the connection was still open (e.g.
-        # bare-LF lines): a protocol error, not the reset it would later look like.
-        if isinstance(self.protocol.handshake_exc, InvalidMessage):
-            self.not_http = True
-
-    def process_event(self, event: Event) -> None:
-        # One final data frame per message, in the order recv() hands messages out.
-        if isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
-            self.arrivals.append(self._chunk_ns)
-        super().process_event(event)
 
 
 @dataclass
@@ -182,30 +116,6 @@ class Backoff:
         return base
 
 
-def build_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110 section 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def classify_closed(exc: ConnectionClosed) -> tuple[str, int]:
     """How a session that the probe did not close on purpose ended: (reason, close code)."""
     rcvd, sent = exc.rcvd, exc.sent
@@ -214,54 +124,6 @@ def classify_closed(exc: ConnectionClosed) -> tuple[str, int]:
     if rcvd is not None:
         return "server_close", rcvd.code
     return "reset", _NO_CLOSE_FRAME
-
-
-def _cert_expiry(conn: ClientConnection) -> float | None:
-    """Earliest notAfter in the verified chain (3.13+), else of the leaf."""
-    obj = conn.transport.get_extra_info("ssl_object")
-    if not isinstance(obj, ssl.SSLObject):
-        return None
-    infos: list[Mapping[str, Any]] = []
-    chain = getattr(obj, "get_verified_chain", None)
-    if chain is not None:
-        infos = [cert.get_info() for cert in chain()]
-    if not infos:
-        leaf = obj.getpeercert()
-        infos = [leaf] if leaf else []
-    expiries = [ssl.cert_time_to_seconds(i["notAfter"]) for i in infos if "notAfter" in i]
-    return min(expiries) if expiries else None
-
-
-def _tcp_reason(exc: OSError) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "refused"
-    if isinstance(exc, ConnectionResetError):
-        return "reset"
-    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
-        return "unreachable"
-    return "unreachable"
-
-
-def _handshake_reason(exc: Exception) -> tuple[str, float | None]:
-    if isinstance(exc, InvalidStatus):
-        response = exc.response
-        return f"http_{response.status_code}", parse_retry_after(
-            response.headers.get("Retry-After")
-        )
-    if isinstance(exc, ssl.SSLError):
-        return "tls", None
-    cause = exc.__cause__ if isinstance(exc, InvalidHandshake) else exc
-    if isinstance(cause, EOFError | ConnectionError):
-        return "reset", None
-    if isinstance(exc, InvalidHandshake):
-        return "protocol_error", None
-    return "reset", None
-
-
-class _NoRedirects(connect):
-    # A probe measures the endpoint it was given; a redirect is reported as http_3xx.
-    def process_redirect(self, exc: Exception) -> Exception | str:
-        return exc
 
 
 class Supervisor:
@@ -280,23 +142,21 @@ class Supervisor:
         handler: SessionHandler,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        parts = urlsplit(url)
-        self._url = url
-        self._target = target
-        self._host = parts.hostname or ""
-        self._secure = parts.scheme == "wss"
-        self._port = parts.port or (443 if self._secure else 80)
-        self._headers = dict(headers)
-        self._subprotocols = [Subprotocol(p) for p in subprotocols]
-        self._server_name = tls.server_name or self._host
-        self._ssl = build_ssl_context(tls) if self._secure else None
+        self._dialer = Dialer(
+            url=url,
+            target=target,
+            headers=headers,
+            subprotocols=subprotocols,
+            tls=tls,
+            connect_timeout=connection.connect_timeout,
+            close_timeout=connection.close_timeout,
+        )
         self._cfg = connection
         self._backoff = Backoff(connection.reconnect)
         self._metrics = metrics
         self._handler = handler
         self._log = log
         self._epoch = 0
-        self._phases: dict[str, float] = {}
         # Carried from one session into the next setup, for providers that can resume.
         self.resume_handle: str | None = None
         self.session: Session | None = None
@@ -304,7 +164,7 @@ class Supervisor:
     @property
     def phases(self) -> dict[str, float]:
         """Durations of the latest connect's phases, in seconds."""
-        return dict(self._phases)
+        return dict(self._dialer.phases)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -330,16 +190,17 @@ class Supervisor:
                 continue
 
             reconnect_s = None if loss_ns is None else (session.started_ns - loss_ns) / 1e9
+            phases = self.phases
             self._metrics.connected_ok(
-                phases=self._phases,
-                total=sum(self._phases.values()),
+                phases=phases,
+                total=sum(phases.values()),
                 reconnect=reconnect_s,
-                cert_expiry=_cert_expiry(session.ws),
+                cert_expiry=cert_expiry(session.ws),
             )
             self._log.info(
                 "session up",
                 epoch=session.epoch,
-                **{f"{k}_ms": round(v * 1e3, 2) for k, v in self._phases.items()},
+                **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()},
                 reconnect_s=None if reconnect_s is None else round(reconnect_s, 3),
             )
             reason, code = await self.hold(session)
@@ -365,37 +226,14 @@ class Supervisor:
     # -- connecting ----------------------------------------------------------------------------
 
     async def connect(self) -> Session:
-        """One phased dial, timed; raises ConnectError naming the phase that failed."""
-        self._phases = {}
-        loop = asyncio.get_running_loop()
-        limit = self._cfg.connect_timeout
-
-        phase, t = "dns", time.perf_counter()
-        try:
-            async with asyncio.timeout(limit):
-                infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
-        except TimeoutError:
-            raise ConnectError("timeout", phase, f"no answer within {limit}s") from None
-        except socket.gaierror as exc:
-            raise ConnectError("dns", phase, exc.strerror or str(exc)) from None
-        except UnicodeError:
-            # The name cannot even be encoded for a query (e.g. a label over 63 characters).
-            raise ConnectError("dns", phase, "host name is not a valid DNS name") from None
-        t = self._mark(phase, t)
-
-        phase = "tcp"
-        sock = await self._dial(infos, limit)
-        t = self._mark(phase, t)
-
-        conn = await self._upgrade(sock, limit, t)
+        """Dial, then the handler's setup under the same per-phase deadline."""
+        conn = await self._dialer.dial()
         self._epoch += 1
         session = Session(
-            ws=conn,
-            epoch=self._epoch,
-            started_ns=0,
-            resume_handle=self.resume_handle,
+            ws=conn, epoch=self._epoch, started_ns=0, resume_handle=self.resume_handle
         )
-        t = time.perf_counter()
+        limit = self._cfg.connect_timeout
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(limit):
                 await self._handler.setup(session)
@@ -405,88 +243,9 @@ class Supervisor:
         except (SessionEnded, ConnectionClosed) as exc:
             conn.transport.abort()
             raise ConnectError("setup", "setup", type(exc).__name__) from None
-        self._mark("setup", t)
+        self._dialer.mark("setup", started)
         session.started_ns = session.last_inbound_ns = time.perf_counter_ns()
         return session
-
-    def _mark(self, phase: str, since: float) -> float:
-        now = time.perf_counter()
-        self._phases[phase] = now - since
-        return now
-
-    async def _dial(self, infos: list[Any], limit: float) -> socket.socket:
-        last: OSError | None = None
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(limit):
-                for family, type_, proto, _name, addr in infos:
-                    sock = socket.socket(family, type_, proto)
-                    sock.setblocking(False)
-                    try:
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        await loop.sock_connect(sock, addr)
-                    except OSError as exc:
-                        sock.close()
-                        last = exc
-                        continue
-                    except BaseException:
-                        sock.close()
-                        raise
-                    return sock
-        except TimeoutError:
-            raise ConnectError("timeout", "tcp", f"no connection within {limit}s") from None
-        assert last is not None
-        raise ConnectError(_tcp_reason(last), "tcp", last.strerror or type(last).__name__)
-
-    async def _upgrade(self, sock: socket.socket, limit: float, started: float) -> TimedConnection:
-        loop = asyncio.get_running_loop()
-        tls_done: list[float] = []
-        made: list[TimedConnection] = []
-
-        class _Timed(TimedConnection):
-            # asyncio calls connection_made once the TLS handshake is over: the tls/upgrade split.
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                tls_done.append(time.perf_counter())
-                made.append(self)
-                deadline.reschedule(loop.time() + limit)
-                super().connection_made(transport)
-
-        try:
-            async with asyncio.timeout(limit) as deadline:
-                conn = await _NoRedirects(
-                    self._url,
-                    sock=sock,
-                    ssl=self._ssl,
-                    server_hostname=self._server_name if self._secure else None,
-                    additional_headers=self._headers,
-                    subprotocols=self._subprotocols or None,
-                    user_agent_header=f"probed/{__version__}",
-                    compression=None,
-                    open_timeout=None,
-                    ping_interval=None,
-                    close_timeout=self._cfg.close_timeout,
-                    proxy=None,
-                    create_connection=_Timed,
-                )
-        except TimeoutError:
-            sock.close()
-            phase = "tls" if self._secure and not tls_done else "upgrade"
-            raise ConnectError("timeout", phase, f"no answer within {limit}s") from None
-        except (OSError, InvalidHandshake, EOFError) as exc:
-            sock.close()
-            phase = "tls" if self._secure and not tls_done else "upgrade"
-            reason, retry_after = _handshake_reason(exc)
-            if made and made[0].not_http:
-                reason, retry_after = "protocol_error", None
-            detail = self._redact(str(exc) or type(exc).__name__)
-            raise ConnectError(reason, phase, detail, retry_after) from None
-        assert isinstance(conn, TimedConnection)
-        if self._secure:
-            self._phases["tls"] = tls_done[0] - started
-            self._mark("upgrade", tls_done[0])
-        else:
-            self._mark("upgrade", started)
-        return conn
 
     # -- holding -------------------------------------------------------------------------------
 
@@ -593,7 +352,3 @@ class Supervisor:
                 except TimeoutError:
                     # The peer stopped reading: our writes back up although its data still flows.
                     raise _Stalled(f"keepalive not written within {cfg.timeout}s") from None
-
-    def _redact(self, text: str) -> str:
-        # Library errors may quote the URL, which can carry a key in its query string.
-        return text.replace(self._url, self._target)

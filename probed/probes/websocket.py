@@ -21,7 +21,8 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 
 from probed.config import WebSocketProbeConfig
-from probed.connection import ConnectError, Session, Supervisor
+from probed.connection import Session, Supervisor
+from probed.dial import ConnectError
 from probed.metrics import ProbeMetrics
 
 _PLACEHOLDER = re.compile(r"\{(id|seq|send_time|probe)\}")
