@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,8 +19,8 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
-from probed.config import ConnectionConfig, ReconnectConfig, TlsConfig
-from probed.dial import ConnectError, Dialer, TimedConnection, cert_expiry
+from probed.config import ReconnectConfig
+from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
 from probed.metrics import ProbeMetrics
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
@@ -127,32 +127,19 @@ def classify_closed(exc: ConnectionClosed) -> tuple[str, int]:
 
 
 class Supervisor:
-    """Keeps one session to `url` alive for a handler, for as long as it runs."""
+    """Keeps one session to an endpoint alive for a handler, for as long as it runs."""
 
     def __init__(
         self,
+        endpoint: Endpoint,
         *,
-        url: str,
-        target: str,
-        headers: Mapping[str, str],
-        subprotocols: Sequence[str],
-        tls: TlsConfig,
-        connection: ConnectionConfig,
         metrics: ProbeMetrics,
         handler: SessionHandler,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        self._dialer = Dialer(
-            url=url,
-            target=target,
-            headers=headers,
-            subprotocols=subprotocols,
-            tls=tls,
-            connect_timeout=connection.connect_timeout,
-            close_timeout=connection.close_timeout,
-        )
-        self._cfg = connection
-        self._backoff = Backoff(connection.reconnect)
+        self._dialer = Dialer(endpoint)
+        self._cfg = endpoint.connection
+        self._backoff = Backoff(self._cfg.reconnect)
         self._metrics = metrics
         self._handler = handler
         self._log = log

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,7 +25,7 @@ from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
 from probed import __version__
-from probed.config import TlsConfig
+from probed.config import ConnectionConfig, TlsConfig
 
 _HTTP = b"HTTP/"
 
@@ -153,32 +153,39 @@ class _NoRedirects(connect):
         return exc
 
 
-class Dialer:
-    """Opens connections to one URL; `phases` holds the timings of the latest attempt."""
+class Endpoint(Protocol):
+    """What a probe's config says about where and how to connect (read-only)."""
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        target: str,
-        headers: Mapping[str, str],
-        subprotocols: Sequence[str],
-        tls: TlsConfig,
-        connect_timeout: float,
-        close_timeout: float,
-    ) -> None:
-        parts = urlsplit(url)
-        self._url = url
-        self._target = target
+    @property
+    def url(self) -> str: ...
+    @property
+    def target(self) -> str: ...
+    @property
+    def subprotocols(self) -> Sequence[str]: ...
+    @property
+    def tls(self) -> TlsConfig: ...
+    @property
+    def connection(self) -> ConnectionConfig: ...
+    def request_headers(self) -> dict[str, str]: ...
+
+
+class Dialer:
+    """Opens connections to one endpoint; `phases` holds the timings of the latest attempt."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        parts = urlsplit(endpoint.url)
+        self._url = endpoint.url
+        self._target = endpoint.target
         self._host = parts.hostname or ""
         self._secure = parts.scheme == "wss"
         self._port = parts.port or (443 if self._secure else 80)
-        self._headers = dict(headers)
-        self._subprotocols = [Subprotocol(p) for p in subprotocols]
+        self._headers = endpoint.request_headers()
+        self._subprotocols = [Subprotocol(p) for p in endpoint.subprotocols]
+        tls = endpoint.tls
         self._server_name = tls.server_name or self._host
         self._ssl = build_ssl_context(tls) if self._secure else None
-        self._limit = connect_timeout
-        self._close_timeout = close_timeout
+        self._limit = endpoint.connection.connect_timeout
+        self._close_timeout = endpoint.connection.close_timeout
         self.phases: dict[str, float] = {}
 
     async def dial(self) -> TimedConnection:

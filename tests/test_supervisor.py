@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from probed import logs
-from probed.config import ConnectionConfig, ReconnectConfig, TlsConfig
 from probed.connection import AppTimeout, GoAway, Session, SessionEnded, Supervisor
 from probed.metrics import ProbeMetrics
 from probed.targets.echo import EchoTarget
-from tests.conftest import wait_until
+from tests.conftest import config, wait_until
 
 
 class Handler:
@@ -60,19 +59,16 @@ class Handler:
 async def supervised(echo: EchoTarget) -> AsyncIterator[tuple[Handler, ProbeMetrics, EchoTarget]]:
     handler = Handler()
     metrics = ProbeMetrics("sup", kind="test", target=echo.url)
-    sup = Supervisor(
-        url=echo.url,
-        target=echo.url,
-        headers={},
-        subprotocols=[],
-        tls=TlsConfig(),
-        connection=ConnectionConfig(
-            connect_timeout=0.3, reconnect=ReconnectConfig(initial=0.01, max=0.05)
-        ),
-        metrics=metrics,
-        handler=handler,
-        log=logs.get(probe="sup"),
-    )
+    endpoint = config(
+        f"""
+probes:
+  - name: sup
+    kind: websocket
+    url: {echo.url}
+    connection: {{connect_timeout: 300ms, reconnect: {{initial: 10ms, max: 50ms}}}}
+"""
+    ).probes[0]
+    sup = Supervisor(endpoint, metrics=metrics, handler=handler, log=logs.get(probe="sup"))
     handler.supervisor = sup
     task = asyncio.create_task(sup.run())
     yield handler, metrics, echo

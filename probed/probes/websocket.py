@@ -93,17 +93,7 @@ class EchoProbe:
         self._idle.set()
         self._seq = 0
         self._highest_answered = -1
-        self.supervisor = Supervisor(
-            url=cfg.url,
-            target=cfg.target,
-            headers=cfg.request_headers(),
-            subprotocols=cfg.subprotocols,
-            tls=cfg.tls,
-            connection=cfg.connection,
-            metrics=metrics,
-            handler=self,
-            log=log,
-        )
+        self.supervisor = Supervisor(cfg, metrics=metrics, handler=self, log=log)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
