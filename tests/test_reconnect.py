@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import socket
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from email.utils import formatdate
@@ -508,6 +509,51 @@ async def test_target_restart_is_one_disconnect_and_one_reconnect(
         assert reconnects(d) == 1
         assert first.upgrades == 1
         assert second.upgrades == 1
+
+
+async def start_echo_process(port: int) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "probed", "target", "echo", "--port", str(port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), bound(30))
+    assert b"listening" in line, line
+    return proc
+
+
+async def test_killed_target_process_is_one_reset_and_one_reconnect(
+    start_daemon: StartDaemon,
+) -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/ws"
+    first = await start_echo_process(port)
+    second: asyncio.subprocess.Process | None = None
+    try:
+        connection = "{reconnect: {initial: 200ms, max: 500ms}}"
+        d = await start_daemon(config(probes(probe_yaml(url, connection=connection))))
+        await wait_until(lambda: up(d), what="session up")
+        first.kill()  # SIGKILL: no close frame, the kernel tears the socket down
+        await first.wait()
+        await wait_until(lambda: all_disconnects(d) == 1, what="the loss detected")
+        assert disconnects(d, "reset") == 1 and close_codes(d, 1006) == 1
+        await wait_until(lambda: connect_errors(d, "refused") >= 1, what="refused while down")
+        second = await start_echo_process(port)
+        await wait_until(lambda: up(d), within=15, what="back up")
+        assert all_disconnects(d) == 1
+        assert reconnects(d) == 1
+        before = d.count("probe_messages_received_total", probe="p")
+        await wait_until(
+            lambda: d.count("probe_messages_received_total", probe="p") > before,
+            what="echoes from the new process",
+        )
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 # -- 8. churn ----------------------------------------------------------------------------------
