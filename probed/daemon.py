@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import socket
+import time
 from pathlib import Path
 
 from probed import logs, probes
@@ -116,7 +117,8 @@ class Daemon:
             return self._refuse_reload("no config file (the daemon runs an embedded config)")
         if not self.ready.is_set():
             return self._refuse_reload("probed is starting or stopping; try again")
-        sd_notify("RELOADING=1")
+        # systemd (Type=notify-reload) wants the monotonic time the reload started with it.
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             config = load_config(self._path)
         except ConfigError as exc:

@@ -279,3 +279,33 @@ async def test_run_refuses_a_bad_config_and_a_busy_port(tmp_path: Path) -> None:
 
     code, _out, err = await cli("run", "-c", str(good), "--listen", "nonsense")
     assert code == 2 and "--listen" in err
+
+
+async def test_tells_systemd_ready_reloading_and_stopping(
+    tmp_path: Path, echo: EchoTarget, run_daemon: Any
+) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    states: list[str] = []
+
+    def drain() -> list[str]:
+        while True:
+            try:
+                states.append(notify.recv(4096).decode())
+            except BlockingIOError:
+                return states
+
+    try:
+        path = write(tmp_path / "c.yaml", probe_config(echo.url))
+        d = await run_daemon(path, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+        await wait_until(lambda: "READY=1" in drain(), what="READY=1")
+        d.proc.send_signal(signal.SIGHUP)
+        await wait_until(lambda: drain().count("READY=1") == 2, what="READY=1 after reload")
+        d.proc.send_signal(signal.SIGTERM)
+        assert await d.wait_exit() == 0
+        got = [state.split("\n")[0] for state in drain()]
+        assert got == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+        assert states[1].split("\n")[1].startswith("MONOTONIC_USEC=")
+    finally:
+        notify.close()
