@@ -72,3 +72,22 @@ async def test_reload_without_a_file_says_so(echo: EchoTarget, start_daemon: Sta
     async with aiohttp.ClientSession() as http, http.post(f"{d.url}/-/reload") as resp:
         assert resp.status == 500
         assert "no config file" in await resp.text()
+
+
+async def test_reload_applies_global_labels_and_level_without_touching_sessions(
+    tmp_path: Path, echo: EchoTarget, start_daemon: StartDaemon
+) -> None:
+    path = tmp_path / "probed.yaml"
+    body = yaml_for(echo.url, "a")
+    path.write_text("global: {labels: {location: lab-1}}\n" + body)
+    d = await start_daemon(config(path.read_text()), path)
+    await wait_until(lambda: echo.sessions == 1)
+    assert d.value("probe_info", probe="a", location="lab-1") == 1
+    upgrades = echo.upgrades
+    path.write_text("global: {labels: {location: lab-2}, loop_lag_threshold: 80ms}\n" + body)
+    ok, message = d.daemon.reload()
+    assert ok, message
+    assert d.value("probe_info", probe="a", location="lab-2") == 1
+    assert d.value("probe_info", probe="a", location="lab-1") is None
+    assert d.daemon.lag.threshold == 0.08
+    assert echo.upgrades == upgrades  # the probe's session was not touched
