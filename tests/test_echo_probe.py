@@ -173,3 +173,27 @@ async def test_loop_lag_taints_instead_of_polluting_histograms(
         lag_count = d.count("probed_event_loop_lag_seconds_count")
         assert lag_count > 0
         assert d.count("probed_event_loop_lag_seconds_bucket", le="0.1") < lag_count
+
+
+async def test_a_reply_after_the_timeout_is_lost_never_a_latency(
+    start_daemon: StartDaemon,
+) -> None:
+    # Replies land 90-210 ms after sending against a 100 ms timeout: some in time, some not.
+    async with EchoTarget(delay=0.15, jitter=0.06) as target:
+        text = probe_yaml(target.url).replace("timeout: 1s", "timeout: 100ms")
+        text = text.replace("interval: 50ms", "interval: 120ms")
+        d = await start_daemon(config(text))
+
+        def settled() -> bool:
+            sent = d.count("probe_messages_sent_total", probe="p")
+            done = d.count("probe_messages_received_total", probe="p") + d.count(
+                "probe_messages_lost_total", probe="p"
+            )
+            return sent >= 20 and done >= 15
+
+        await wait_until(settled, within=20, what="20 messages settled")
+        observed = d.count("probe_message_rtt_seconds_count", probe="p")
+        assert observed >= 1 and d.count("probe_messages_lost_total", probe="p") >= 1
+        # Every latency recorded is within the timeout; the rest were counted lost.
+        assert d.count("probe_message_rtt_seconds_bucket", probe="p", le="0.1") == observed
+        assert d.count("probe_messages_unmatched_total", probe="p", reason="late") >= 1

@@ -202,6 +202,13 @@ class EchoProbe:
             return
         if not self._inflight:
             self._idle.set()
+        if at_ns > sent.deadline_ns:
+            # Past its timeout but not yet swept: lost, exactly as if the sweep had come first.
+            self._expired.add(key)
+            self._msg.lost.inc()
+            self._msg.unmatched["late"].inc()
+            self._metrics.set_success(False)
+            return
         self._answered.add(key)
         if sent.seq < self._highest_answered:
             self._msg.reordered.inc()
