@@ -17,6 +17,7 @@ from pathlib import Path
 
 from probed import logs, probes
 from probed.config import Config, ConfigError, ProbeConfig, load_config
+from probed.http import start_http
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.selfmon import LagMonitor
 
@@ -66,8 +67,6 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, handle_signals: bool = True) -> None:
-        from probed.http import start_http  # http imports the daemon's type
-
         loop = asyncio.get_running_loop()
         self.metrics.running_on(
             "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
@@ -75,7 +74,7 @@ class Daemon:
         if handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         runner, self.bound = await start_http(self, self.listen)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -105,9 +104,6 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def _reload_from_signal(self) -> None:
-        self.reload()
 
     # -- reload --------------------------------------------------------------------------------
 
