@@ -188,7 +188,7 @@ class ProbeMetrics:
         self._buckets = buckets
         self._messages: _MessageFamilies | None = None
 
-        # Recent results for the demo summary and the one-shot report; never exported.
+        # Recent results and session counts for the demo summary and the soak; never exported.
         self.recent_rtt: deque[float] = deque(maxlen=self.RECENT)
         self.connected = False
         self.connects = 0
