@@ -9,9 +9,12 @@ import json
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from probed import __version__, logs
+
+if TYPE_CHECKING:
+    from probed.config import Config
 
 T = TypeVar("T")
 
@@ -25,7 +28,7 @@ def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-def _load(path: str) -> Any:
+def _load(path: str) -> Config | None:
     from probed.config import ConfigError, load_config
 
     try:

@@ -8,6 +8,7 @@ import structlog
 
 from probed.config import ProbeConfig
 from probed.metrics import ProbeMetrics
+from probed.probes.websocket import EchoProbe
 
 
 class Probe(Protocol):
@@ -26,6 +27,5 @@ def slo_thresholds(cfg: ProbeConfig) -> tuple[float, ...]:
 def build(
     cfg: ProbeConfig, metrics: ProbeMetrics, log: structlog.typing.FilteringBoundLogger
 ) -> Probe:
-    from probed.probes.websocket import EchoProbe
-
+    # One kind today; later kinds dispatch on cfg.kind here.
     return EchoProbe(cfg, metrics, log)
