@@ -28,20 +28,20 @@ global:
 probes:
   # A healthy echo server on loopback.
   - name: echo-local
-    kind: websocket
+    kind: echo
     url: {fast}
     interval: 250ms
     timeout: 2s
   # Replies after 40 ms +/- 20 ms: some miss the 50 ms SLO.
   - name: echo-slow
-    kind: websocket
+    kind: echo
     url: {slow}
     interval: 250ms
     timeout: 2s
   # Through a fault-injecting proxy that the demo breaks now and then; also closes on purpose
   # (churn) so reconnect time is measured while all is well.
   - name: echo-faults
-    kind: websocket
+    kind: echo
     url: {proxied}
     interval: 500ms
     timeout: 2s

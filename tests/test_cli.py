@@ -30,7 +30,7 @@ def write(path: Path, text: str) -> Path:
 def probe_config(url: str, names: tuple[str, ...] = ("a",), interval: str = "100ms") -> str:
     body = "".join(
         f"""  - name: {n}
-    kind: websocket
+    kind: echo
     url: {url}
     interval: {interval}
     timeout: 1s
@@ -171,7 +171,7 @@ async def test_reload_keeps_unchanged_probes_and_survives_bad_files(
     assert d.seen("session up", probe="a") == 1
 
     # A broken file: kept running, flagged in metrics, reason logged with the line.
-    write(path, text + "  - name: d\n    kind: websocket\n    intervall: 1s\n")
+    write(path, text + "  - name: d\n    kind: echo\n    intervall: 1s\n")
     async with aiohttp.ClientSession() as http, http.post(f"{d.url}/-/reload") as resp:
         assert resp.status == 500
         body = await resp.text()
@@ -195,7 +195,7 @@ async def test_check_reports_every_error_with_its_line(tmp_path: Path) -> None:
         tmp_path / "bad.yaml",
         "probes:\n"
         "  - name: x\n"
-        "    kind: websocket\n"
+        "    kind: echo\n"
         "    url: ws://127.0.0.1:1/\n"
         "    interval: 5\n"
         "    colour: blue\n",
@@ -210,7 +210,7 @@ async def test_check_reports_every_error_with_its_line(tmp_path: Path) -> None:
     assert code == 0 and "OK" in out
 
     code, out, _err = await cli("check", "--schema")
-    assert code == 0 and "websocket" in json.loads(out)["$defs"].__repr__()
+    assert code == 0 and "echo" in json.loads(out)["$defs"].__repr__()
 
     code, _out, err = await cli("check", "-c", str(tmp_path / "missing.yaml"))
     assert code == 1 and "missing.yaml" in err
@@ -238,7 +238,7 @@ async def test_secrets_never_reach_logs_or_metrics(
         tmp_path / "c.yaml",
         f"""probes:
   - name: s
-    kind: websocket
+    kind: echo
     url: {echo.url}?key={CANARY}-query
     headers: {{X-Api-Key: "${{PROBE_KEY}}"}}
     bearer_token_file: {token_file}
@@ -267,7 +267,7 @@ async def test_run_refuses_a_bad_config_and_a_busy_port(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.yaml", "probes:\n  - name: x\n    kind: websockt\n")
     code, _out, err = await cli("run", "-c", str(bad))
     assert code == 1
-    assert "bad.yaml:3: probes[0].kind" in err and "websocket" in err
+    assert "bad.yaml:3: probes[0].kind" in err and "known kinds: echo" in err
 
     good = write(tmp_path / "good.yaml", probe_config("ws://127.0.0.1:1/"))
     with socket.socket() as busy:

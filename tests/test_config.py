@@ -18,6 +18,7 @@ from probed.config import (
     ConfigError,
     ConfigIssue,
     ConnectionConfig,
+    EchoProbeConfig,
     GlobalConfig,
     KeepaliveConfig,
     MatchConfig,
@@ -25,7 +26,6 @@ from probed.config import (
     ReconnectConfig,
     SloConfig,
     TlsConfig,
-    WebSocketProbeConfig,
     config_json_schema,
     format_duration,
     load_config,
@@ -39,7 +39,7 @@ CANARY = "canary-s3cr3t-XYZ"
 PROBE_HEAD = """\
 probes:
   - name: echo
-    kind: websocket
+    kind: echo
     url: {url}
 """
 
@@ -61,7 +61,7 @@ def one_issue(text: str, env: dict[str, str] | None = None) -> ConfigIssue:
     return issues[0]
 
 
-def first_probe(text: str, env: dict[str, str] | None = None) -> WebSocketProbeConfig:
+def first_probe(text: str, env: dict[str, str] | None = None) -> EchoProbeConfig:
     config = parse_config(text, env={} if env is None else env)
     return config.probes[0]
 
@@ -237,7 +237,7 @@ def test_unquoted_date_for_string_says_quote_it() -> None:
 
 
 def test_missing_required_key_points_at_parent_mapping() -> None:
-    text = "global:\n  listen: 127.0.0.1:9464\nprobes:\n  - name: echo\n    kind: websocket\n"
+    text = "global:\n  listen: 127.0.0.1:9464\nprobes:\n  - name: echo\n    kind: echo\n"
     assert one_issue(text) == ConfigIssue("probes[0].url", 4, "required key is missing")
 
 
@@ -263,7 +263,7 @@ def test_duplicate_key_is_an_error() -> None:
 
 
 def test_duplicate_probe_name_points_at_second() -> None:
-    text = probe() + "  - name: echo\n    kind: websocket\n    url: ws://other/\n"
+    text = probe() + "  - name: echo\n    kind: echo\n    url: ws://other/\n"
     assert one_issue(text) == ConfigIssue(
         "probes[1].name", 5, 'duplicate probe name "echo" (first used by probes[0])'
     )
@@ -272,26 +272,26 @@ def test_duplicate_probe_name_points_at_second() -> None:
 def test_unknown_kind_lists_known_kinds() -> None:
     text = "probes:\n  - name: echo\n    kind: websockt\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: websocket'
+        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: echo'
     )
 
 
 def test_missing_kind() -> None:
     text = "probes:\n  - name: echo\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 2, "required key is missing; known kinds: websocket"
+        "probes[0].kind", 2, "required key is missing; known kinds: echo"
     )
 
 
 def test_probe_kinds_come_from_the_union() -> None:
-    assert dict(PROBE_KINDS) == {"websocket": WebSocketProbeConfig}
+    assert dict(PROBE_KINDS) == {"echo": EchoProbeConfig}
 
 
 def test_every_error_is_reported_in_file_order() -> None:
     text = (
         "probes:\n"
         "  - name: a\n"
-        "    kind: websocket\n"
+        "    kind: echo\n"
         "    url: http://a/\n"  # 4
         "    interval: 5\n"  # 5
         "  - name: b\n"
@@ -343,7 +343,7 @@ def test_yaml_merge_keys_work_and_errors_point_at_the_anchor() -> None:
         "probes:\n"
         "  - &base\n"
         "    name: a\n"
-        "    kind: websocket\n"
+        "    kind: echo\n"
         "    url: ws://h/\n"
         "    interval: 2s\n"
         "  - <<: *base\n"
@@ -408,7 +408,7 @@ def test_full_example_parses() -> None:
           loop_lag_threshold: 25ms
         probes:
           - name: chat-echo
-            kind: websocket
+            kind: echo
             url: wss://chat.example.com/ws
             headers: {X-Api-Key: "${CHAT_TOKEN}"}
             subprotocols: [chat.v1]
@@ -428,7 +428,7 @@ def test_full_example_parses() -> None:
     assert config.global_.log_level == "debug"
     assert config.global_.loop_lag_threshold == 0.025
     got = config.probes[0]
-    assert got.kind == "websocket"
+    assert got.kind == "echo"
     assert got.subprotocols == ["chat.v1"]
     assert got.message.match == MatchConfig(json="id")
     assert got.connection.keepalive == KeepaliveConfig(
@@ -853,7 +853,7 @@ def test_bad_urls(url: str, message: str) -> None:
 )
 def test_target_redaction(url: str, target: str) -> None:
     # Built in code: a config file may not carry a fragment.
-    got = WebSocketProbeConfig(kind="websocket", name="t", url=url.partition("#")[0])
+    got = EchoProbeConfig(kind="echo", name="t", url=url.partition("#")[0])
     assert got.target == target
 
 
@@ -969,12 +969,12 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
     good = (
         "probes:\n"
         "  - name: a\n"
-        "    kind: websocket\n"
+        "    kind: echo\n"
         "    url: wss://user:${SECRET}@h.example/ws?key=${SECRET}\n"
         "    headers: {X-Api-Key: '${SECRET}-header'}\n"
         "    bearer_token: '${SECRET}-bearer'\n"
         "  - name: b\n"
-        "    kind: websocket\n"
+        "    kind: echo\n"
         "    url: wss://h.example/ws\n"
         f"    bearer_token_file: {token_file}\n"
     )
@@ -1010,7 +1010,7 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
 def test_unknown_kind_from_env_is_not_echoed() -> None:
     text = "probes:\n  - name: a\n    kind: ${KIND}\n    url: ws://h/\n"
     issue = one_issue(text, env={"KIND": CANARY})
-    assert issue.message == "unknown probe kind value; known kinds: websocket"
+    assert issue.message == "unknown probe kind value; known kinds: echo"
 
 
 def test_duration_error_echo_is_truncated() -> None:
@@ -1042,7 +1042,7 @@ def test_same_file_loads_equal(tmp_path: Path) -> None:
 
 
 def test_unchanged_probe_compares_equal_when_others_change() -> None:
-    base = probe() + "  - name: other\n    kind: websocket\n    url: ws://o/\n"
+    base = probe() + "  - name: other\n    kind: echo\n    url: ws://o/\n"
     first = parse_config(base, env={})
     second = parse_config(base.replace("ws://o/", "ws://o2/"), env={})
     assert first.probes[0] == second.probes[0]
@@ -1095,9 +1095,9 @@ def test_json_schema() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {"global", "probes"}
     items = schema["properties"]["probes"]["items"]
-    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) == {"websocket"}
-    probe_schema = schema["$defs"]["WebSocketProbeConfig"]
-    assert probe_schema["properties"]["kind"]["const"] == "websocket"
+    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) == {"echo"}
+    probe_schema = schema["$defs"]["EchoProbeConfig"]
+    assert probe_schema["properties"]["kind"]["const"] == "echo"
     assert probe_schema["required"] == ["kind", "name", "url"]
     interval = probe_schema["properties"]["interval"]
     assert interval["type"] == "string"
@@ -1118,11 +1118,9 @@ def test_json_schema() -> None:
 def test_python_construction_uses_field_names_and_aliases() -> None:
     config = Config(
         global_=GlobalConfig(labels={"region": "eu"}),
-        probes=[WebSocketProbeConfig(kind="websocket", name="a", url="ws://h/", interval=0.5)],
+        probes=[EchoProbeConfig(kind="echo", name="a", url="ws://h/", interval=0.5)],
     )
     assert config.global_.labels == {"region": "eu"}
     assert config.probes[0].max_in_flight == 11
     with pytest.raises(ValidationError, match=r"slo\.latency: must not be longer than timeout"):
-        WebSocketProbeConfig(
-            kind="websocket", name="a", url="ws://h/", timeout=0.1, slo=SloConfig(latency=1)
-        )
+        EchoProbeConfig(kind="echo", name="a", url="ws://h/", timeout=0.1, slo=SloConfig(latency=1))

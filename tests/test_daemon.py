@@ -48,7 +48,7 @@ async def test_a_crashing_probe_is_restarted_with_backoff_and_the_others_keep_go
     monkeypatch.setattr(probes, "build", build)
     Crashing.runs = []
     text = "probes:\n" + "".join(
-        f"  - {{name: {n}, kind: websocket, url: '{echo.url}', interval: 50ms}}\n"
+        f"  - {{name: {n}, kind: echo, url: '{echo.url}', interval: 50ms}}\n"
         for n in ("healthy", "buggy")
     )
     d = await start_daemon(config(text))

@@ -20,7 +20,7 @@ def probe_yaml(url: str, extra: str = "", name: str = "p") -> str:
     return f"""
 probes:
   - name: {name}
-    kind: websocket
+    kind: echo
     url: {url}
     interval: 50ms
     timeout: 1s

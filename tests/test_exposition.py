@@ -19,7 +19,7 @@ from probed.metrics import RESERVED_LABEL_NAMES
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, parse_exposition, wait_until
 
-GOLDEN = Path(__file__).parent / "golden" / "websocket.txt"
+GOLDEN = Path(__file__).parent / "golden" / "echo.txt"
 StartDaemon = Callable[..., Awaitable[RunningDaemon]]
 
 
@@ -37,7 +37,7 @@ global:
   labels: {{location: test-lab}}
 probes:
   - name: golden
-    kind: websocket
+    kind: echo
     url: {echo.url}
     interval: 50ms
     timeout: 1s

@@ -15,7 +15,7 @@ StartDaemon = Callable[..., Awaitable[RunningDaemon]]
 
 def yaml_for(url: str, *names: str) -> str:
     return "probes:\n" + "".join(
-        f"  - {{name: {n}, kind: websocket, url: '{url}', interval: 100ms, timeout: 1s}}\n"
+        f"  - {{name: {n}, kind: echo, url: '{url}', interval: 100ms, timeout: 1s}}\n"
         for n in names
     )
 
@@ -36,7 +36,7 @@ async def test_health_readiness_index_and_metrics(
     assert status == 200 and "alpha: up" in body and "beta: up" in body
     status, ctype, body = await get(f"{d.url}/metrics")
     assert status == 200 and ctype.startswith("text/plain") and "version=0.0.4" in ctype
-    assert 'probe_info{adapter="",kind="websocket",probe="alpha"' in body
+    assert 'probe_info{adapter="",kind="echo",probe="alpha"' in body
     assert (await get(f"{d.url}/nope"))[0] == 404
 
 

@@ -56,7 +56,7 @@ def probe_yaml(
     """One probe entry; `connection` and `tls` are YAML flow mappings."""
     lines = [
         f"  - name: {name}",
-        "    kind: websocket",
+        "    kind: echo",
         f"    url: {url}",
         f"    interval: {interval}",
         f"    timeout: {timeout}",

@@ -56,7 +56,7 @@ async def test_headers_token_and_subprotocols_reach_the_server(
     text = f"""
 probes:
   - name: p
-    kind: websocket
+    kind: echo
     url: {recorder.url}/chat?room=7
     headers: {{X-Api-Key: "${{KEY}}", Origin: "https://probe.example"}}
     bearer_token_file: {tmp_path / "token"}
@@ -106,9 +106,9 @@ async def test_client_certificate(
         tls_with = f"{{ca_file: {ca_file}, cert_file: {cert_file}, key_file: {key_file}}}"
         text = f"""
 probes:
-  - {{name: with-cert, kind: websocket, url: "{secure.url}", interval: 100ms, tls: {tls_with}}}
+  - {{name: with-cert, kind: echo, url: "{secure.url}", interval: 100ms, tls: {tls_with}}}
   - name: without-cert
-    kind: websocket
+    kind: echo
     url: "{secure.url}"
     interval: 100ms
     tls: {{ca_file: {ca_file}}}
@@ -141,12 +141,12 @@ async def test_server_name_override(
         text = f"""
 probes:
   - name: named
-    kind: websocket
+    kind: echo
     url: "{secure.url}"
     interval: 100ms
     tls: {{ca_file: {ca_file}, server_name: echo.internal}}
   - name: unnamed
-    kind: websocket
+    kind: echo
     url: "{secure.url}"
     interval: 100ms
     tls: {{ca_file: {ca_file}}}

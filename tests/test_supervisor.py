@@ -63,7 +63,7 @@ async def supervised(echo: EchoTarget) -> AsyncIterator[tuple[Handler, ProbeMetr
         f"""
 probes:
   - name: sup
-    kind: websocket
+    kind: echo
     url: {echo.url}
     connection: {{connect_timeout: 300ms, reconnect: {{initial: 10ms, max: 50ms}}}}
 """

@@ -8,7 +8,7 @@ Import from here; the modules are an implementation detail:
 
 - durations.py: parse_duration, format_duration and the Seconds field type
 - schema/: the pydantic models; common.py (StrictModel and shared pieces), one module per probe
-  kind (websocket.py), probes.py (the ProbeConfig union), root.py (Config, GlobalConfig)
+  kind (echo.py), probes.py (the ProbeConfig union), root.py (Config, GlobalConfig)
 - loading.py: parse_config and load_config
 - yaml_reader.py: YAML node tree to plain data with lines, ${VAR} expansion, duplicate keys
 - errors.py: ConfigError, ConfigIssue, and mapping pydantic errors back to YAML paths and lines
@@ -31,10 +31,10 @@ from probed.config.schema.common import (
     StrictModel,
     TlsConfig,
 )
+from probed.config.schema.echo import MAX_IN_FLIGHT, EchoProbeConfig
 from probed.config.schema.probes import PROBE_KINDS, ProbeConfig
 from probed.config.schema.root import Config, GlobalConfig
 from probed.config.schema.root import split_listen as split_listen
-from probed.config.schema.websocket import MAX_IN_FLIGHT, WebSocketProbeConfig
 from probed.metrics import RESERVED_LABEL_NAMES
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ConnectionConfig",
+    "EchoProbeConfig",
     "GlobalConfig",
     "KeepaliveConfig",
     "MatchConfig",
@@ -57,7 +58,6 @@ __all__ = [
     "SloConfig",
     "StrictModel",
     "TlsConfig",
-    "WebSocketProbeConfig",
     "config_json_schema",
     "format_duration",
     "load_config",

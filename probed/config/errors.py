@@ -78,7 +78,7 @@ def _field_key(model: type[BaseModel], key: str | int) -> Any:
 
 
 def _resolve(raw_loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
-    """Drop the union tags pydantic inserts into locations (('probes', 0, 'websocket', ...))
+    """Drop the union tags pydantic inserts into locations (('probes', 0, 'echo', ...))
     and find the model the location ends in, for "did you mean" hints."""
     loc: list[str | int] = []
     current: Any = Config

@@ -8,7 +8,7 @@ import structlog
 
 from probed.config import ProbeConfig
 from probed.metrics import ProbeMetrics
-from probed.probes.websocket import EchoProbe
+from probed.probes.echo import EchoProbe
 
 
 class Probe(Protocol):

@@ -91,7 +91,7 @@ async def test_soak_forced_reconnects(
                 f"""
 probes:
   - name: soak
-    kind: websocket
+    kind: echo
     url: ws://127.0.0.1:{proxy.port}/ws
     interval: 50ms
     timeout: 1s

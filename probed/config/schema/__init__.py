@@ -1,7 +1,7 @@
 """The pydantic models of the config file.
 
 common.py holds StrictModel and the pieces probe kinds share; each probe kind has its own module
-(websocket.py); probes.py joins the kinds into the ProbeConfig union; root.py holds the top of
+(echo.py); probes.py joins the kinds into the ProbeConfig union; root.py holds the top of
 the file (global: and probes:).
 
 To add a probe kind: write its model in a new module (a StrictModel with a `kind: Literal[...]`

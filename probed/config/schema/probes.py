@@ -6,11 +6,11 @@ from typing import Annotated, Any, Final, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field
 
-from probed.config.schema.websocket import WebSocketProbeConfig
+from probed.config.schema.echo import EchoProbeConfig
 
 # Add new probe kinds to this union; the discriminator, error messages, PROBE_KINDS and the
 # JSON schema all follow from it.
-ProbeConfig = Annotated[WebSocketProbeConfig, Field(discriminator="kind")]
+ProbeConfig = Annotated[EchoProbeConfig, Field(discriminator="kind")]
 
 
 def _union_members(annotation: Any) -> list[Any]:

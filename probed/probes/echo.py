@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 from websockets.exceptions import ConnectionClosed
 
-from probed.config import WebSocketProbeConfig
+from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
 from probed.dial import ConnectError
 from probed.metrics import ProbeMetrics
@@ -71,7 +71,7 @@ class _Remembered(OrderedDict[str, None]):
 class EchoProbe:
     def __init__(
         self,
-        cfg: WebSocketProbeConfig,
+        cfg: EchoProbeConfig,
         metrics: ProbeMetrics,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:

@@ -1,4 +1,4 @@
-"""The websocket probe kind: a held WebSocket session with request/reply latency."""
+"""The echo probe kind: a held WebSocket session with request/reply latency."""
 
 import re
 from collections.abc import Iterator
@@ -37,8 +37,8 @@ _HANDSHAKE_HEADERS: Final = frozenset(
 MAX_IN_FLIGHT: Final = 10_000
 
 
-class WebSocketProbeConfig(StrictModel):
-    kind: Literal["websocket"]
+class EchoProbeConfig(StrictModel):
+    kind: Literal["echo"]
     name: str = Field(json_schema_extra={"pattern": _NAME_PATTERN})
     # Not in repr: a URL can carry credentials (userinfo, ?key=...). repr shows `target` instead.
     url: str = Field(repr=False, json_schema_extra={"pattern": "^[wW][sS][sS]?://"})
