@@ -91,8 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from probed import probes
-    from probed.metrics import ProbeMetrics
+    from probed import kinds
 
     config = _load(args.config)
     if config is None:
@@ -106,10 +105,10 @@ def cmd_once(args: argparse.Namespace) -> int:
     async def main() -> bool:
         ok = True
         for cfg in selected:
-            metrics = ProbeMetrics(cfg.name, kind=cfg.kind, target=cfg.target)
+            metrics = kinds.new_metrics(cfg)
             log = logs.get(probe=cfg.name)
-            log.info("probing", target=cfg.target)
-            passed = await probes.build(cfg, metrics, log).once()
+            log.info("probing", kind=cfg.kind, target=cfg.target)
+            passed = await kinds.build(cfg, metrics, log).once()
             (log.info if passed else log.error)("result", success=passed)
             ok = ok and passed
         return ok

@@ -61,9 +61,14 @@ def one_issue(text: str, env: dict[str, str] | None = None) -> ConfigIssue:
     return issues[0]
 
 
+def echo(probe: object) -> EchoProbeConfig:
+    assert isinstance(probe, EchoProbeConfig)
+    return probe
+
+
 def first_probe(text: str, env: dict[str, str] | None = None) -> EchoProbeConfig:
     config = parse_config(text, env={} if env is None else env)
-    return config.probes[0]
+    return echo(config.probes[0])
 
 
 # --- durations ------------------------------------------------------------------------------
@@ -427,7 +432,7 @@ def test_full_example_parses() -> None:
     assert config.global_.labels == {"location": "eu-west-1"}
     assert config.global_.log_level == "debug"
     assert config.global_.loop_lag_threshold == 0.025
-    got = config.probes[0]
+    got = echo(config.probes[0])
     assert got.kind == "echo"
     assert got.subprotocols == ["chat.v1"]
     assert got.message.match == MatchConfig(json="id")
@@ -557,7 +562,7 @@ def test_relative_file_paths_are_relative_to_the_config_file(tmp_path: Path) -> 
     (tmp_path / "secrets" / "token").write_text("rel-token\n")
     config_file = tmp_path / "probed.yaml"
     config_file.write_text(probe("bearer_token_file: secrets/token"))
-    got = load_config(config_file, env={}).probes[0]
+    got = echo(load_config(config_file, env={}).probes[0])
     assert got.bearer_token_file == tmp_path / "secrets" / "token"
     assert got.request_headers()["Authorization"] == "Bearer rel-token"
 
@@ -970,9 +975,10 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
         "probes:\n"
         "  - name: a\n"
         "    kind: echo\n"
-        "    url: wss://user:${SECRET}@h.example/ws?key=${SECRET}\n"
+        "    url: wss://h.example/ws?key=${SECRET}\n"
         "    headers: {X-Api-Key: '${SECRET}-header'}\n"
         "    bearer_token: '${SECRET}-bearer'\n"
+        "    proxy_url: http://user:${SECRET}@proxy.example:3128\n"
         "  - name: b\n"
         "    kind: echo\n"
         "    url: wss://h.example/ws\n"
@@ -982,15 +988,15 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
     for text in (repr(config), str(config), repr(config.probes[0]), repr(config.probes[1])):
         assert CANARY not in text
     assert config.probes[0].target == "wss://h.example/ws"
-    assert config.probes[0].request_headers() == {
+    assert echo(config.probes[0]).request_headers() == {
         "X-Api-Key": f"{CANARY}-header",
         "Authorization": f"Bearer {CANARY}-bearer",
     }
-    assert config.probes[1].request_headers() == {"Authorization": f"Bearer {CANARY}-file"}
+    assert echo(config.probes[1]).request_headers() == {"Authorization": f"Bearer {CANARY}-file"}
 
     # Now every kind of error around those secrets.
     bad = (
-        good.replace("wss://user", "http://user")
+        good.replace("wss://h.example/ws?", "http://user:${SECRET}@h.example/ws?")
         .replace("'${SECRET}-header'", '"${SECRET}\\r\\nX: y"')
         .replace("'${SECRET}-bearer'", '"${SECRET} two words"')
         + "    headers: {X-Number: 5, Authorization: '${SECRET}'}\n"
@@ -1121,6 +1127,6 @@ def test_python_construction_uses_field_names_and_aliases() -> None:
         probes=[EchoProbeConfig(kind="echo", name="a", url="ws://h/", interval=0.5)],
     )
     assert config.global_.labels == {"region": "eu"}
-    assert config.probes[0].max_in_flight == 11
+    assert echo(config.probes[0]).max_in_flight == 11
     with pytest.raises(ValidationError, match=r"slo\.latency: must not be longer than timeout"):
         EchoProbeConfig(kind="echo", name="a", url="ws://h/", timeout=0.1, slo=SloConfig(latency=1))
