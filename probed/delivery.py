@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -128,7 +128,7 @@ class DeliveryTracker:
 
 async def open_loop(
     interval: float, clock: Callable[[], float] | None = None
-) -> AsyncIterator[int]:
+) -> AsyncGenerator[int, None]:
     """Yield slot numbers at start + n * interval, whatever the replies do (open loop).
 
     A consumer that falls more than a slot behind (the loop was starved) skips to the current

@@ -17,7 +17,7 @@ import structlog
 
 from probed.config.schema.base import ProbeConfig
 from probed.config.schema.echo import EchoProbeConfig
-from probed.config.schema.probes import register_model
+from probed.config.schema.probes import register_model, unregister_model
 
 if TYPE_CHECKING:
     from probed.metrics import ProbeMetrics, TaintCheck
@@ -62,6 +62,12 @@ KINDS: Final[Mapping[str, Kind]] = MappingProxyType(_KINDS)
 def register(kind: Kind) -> None:
     """Make a kind known to the config loader and the daemon."""
     _KINDS[register_model(kind.config)] = kind
+
+
+def unregister(name: str) -> None:
+    """Forget a kind (tests that register a kind of their own clean up with this)."""
+    _KINDS.pop(name, None)
+    unregister_model(name)
 
 
 def build(

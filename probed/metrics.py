@@ -84,6 +84,7 @@ CONNECT_ERROR_REASONS: Final = (
     "timeout",
     "protocol_error",
     "setup",
+    "proxy",
 )
 
 

@@ -33,6 +33,10 @@ def register_model(model: type[ProbeConfig]) -> str:
     return kind
 
 
+def unregister_model(kind: str) -> None:
+    _MODELS.pop(kind, None)
+
+
 def probe_union() -> Any:
     """The discriminated union of every registered kind, for `probes: list[...]`."""
     models = tuple(_MODELS.values())
