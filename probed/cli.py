@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import sys
 from collections.abc import Coroutine, Sequence
@@ -136,9 +137,15 @@ def _json_logs(args: argparse.Namespace) -> bool | None:
     return {"auto": None, "json": True, "console": False}[args.log_format]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probed.targets import echo, proxy
+# Reference targets, imported only when `probed target ...` runs: the daemon and `check` never
+# load them (nor aiohttp's server side, for check).
+TARGETS: dict[str, tuple[str, str]] = {
+    "echo": ("probed.targets.echo", "WebSocket echo server with fault controls"),
+    "proxy": ("probed.targets.proxy", "fault-injecting TCP proxy with a control endpoint"),
+}
 
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed",
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
@@ -182,15 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     demo.set_defaults(func=cmd_demo)
 
-    target = add("target", "run a reference target")
+    target = add("target", "run a reference target (" + ", ".join(TARGETS) + ")")
     kinds = target.add_subparsers(dest="target", required=True)
-    for name, module, text in (
-        ("echo", echo, "WebSocket echo server with fault controls"),
-        ("proxy", proxy, "fault-injecting TCP proxy with a control endpoint"),
-    ):
+    for name, (module_name, text) in TARGETS.items():
         p = add(name, text, kinds)
-        module.add_arguments(p)
-        p.set_defaults(func=cmd_target, serve=module.serve)
+        if "target" in argv:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(func=cmd_target, serve=module.serve)
 
     add("version", "print the version").set_defaults(
         func=lambda _a: print(f"probed {__version__}") or 0
@@ -199,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     code: int = args.func(args)
     return code
