@@ -34,6 +34,7 @@ from probed.config import (
 )
 
 CANARY = "canary-s3cr3t-XYZ"
+KNOWN = ", ".join(PROBE_KINDS)
 
 # Line 1 "probes:", line 2 "- name", line 3 kind, line 4 url; probe() extras start on line 5.
 PROBE_HEAD = """\
@@ -277,19 +278,19 @@ def test_duplicate_probe_name_points_at_second() -> None:
 def test_unknown_kind_lists_known_kinds() -> None:
     text = "probes:\n  - name: echo\n    kind: websockt\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: echo'
+        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: ' + KNOWN
     )
 
 
 def test_missing_kind() -> None:
     text = "probes:\n  - name: echo\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 2, "required key is missing; known kinds: echo"
+        "probes[0].kind", 2, "required key is missing; known kinds: " + KNOWN
     )
 
 
 def test_probe_kinds_come_from_the_union() -> None:
-    assert dict(PROBE_KINDS) == {"echo": EchoProbeConfig}
+    assert PROBE_KINDS["echo"] is EchoProbeConfig
 
 
 def test_every_error_is_reported_in_file_order() -> None:
@@ -1016,7 +1017,7 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
 def test_unknown_kind_from_env_is_not_echoed() -> None:
     text = "probes:\n  - name: a\n    kind: ${KIND}\n    url: ws://h/\n"
     issue = one_issue(text, env={"KIND": CANARY})
-    assert issue.message == "unknown probe kind value; known kinds: echo"
+    assert issue.message == "unknown probe kind value; known kinds: " + KNOWN
 
 
 def test_duration_error_echo_is_truncated() -> None:
@@ -1101,7 +1102,7 @@ def test_json_schema() -> None:
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == {"global", "probes"}
     items = schema["properties"]["probes"]["items"]
-    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) == {"echo"}
+    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) >= {"echo", "http"}
     probe_schema = schema["$defs"]["EchoProbeConfig"]
     assert probe_schema["properties"]["kind"]["const"] == "echo"
     assert probe_schema["required"] == ["kind", "name", "url"]

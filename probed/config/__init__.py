@@ -69,3 +69,6 @@ __all__ = [
     "parse_duration",
     "url_target",
 ]
+
+# The built-in kinds register their models here (probed/kinds.py imports only schema modules).
+from probed import kinds as _kinds  # noqa: F401

@@ -7,7 +7,7 @@ their validators and the only place secrets leave their wrappers (`request_heade
 import re
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
@@ -41,13 +41,21 @@ def url_target(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
 
 
-class WebSocketEndpoint(StrictModel):
+class Endpoint(StrictModel):
+    """What every endpoint has: a URL, headers and a bearer token, TLS and a proxy.
+
+    Subclasses name their URL schemes and the headers the protocol writes itself.
+    """
+
+    _SCHEMES: ClassVar[tuple[str, str]]  # (plain, secure)
+    _PROTOCOL_HEADERS: ClassVar[frozenset[str]] = frozenset()
+    _HEADERS_WRITER: ClassVar[str] = "the protocol"
+
     # Not in repr: a URL can carry credentials (userinfo, ?key=...). `target` is the safe form.
-    url: str = Field(repr=False, json_schema_extra={"pattern": "^[wW][sS][sS]?://"})
+    url: str = Field(repr=False)
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     bearer_token: SecretStr | None = None
     bearer_token_file: ReadableFile | None = None
-    subprotocols: list[str] = Field(default_factory=list)
     tls: TlsConfig = TlsConfig()
     proxy_url: SecretStr | None = Field(
         default=None,
@@ -57,7 +65,6 @@ class WebSocketEndpoint(StrictModel):
         default=False,
         description="use HTTPS_PROXY / HTTP_PROXY and NO_PROXY from the environment",
     )
-    connection: ConnectionConfig = ConnectionConfig()
 
     # Read at load so a missing token fails `probed check`, not the first connect at 3 am. Being
     # private state it still takes part in ==, so a rotated token counts as a changed probe.
@@ -67,21 +74,23 @@ class WebSocketEndpoint(StrictModel):
     @classmethod
     def _check_url(cls, value: str) -> str:
         # Messages here never quote the URL: it may hold credentials.
+        plain, secure = cls._SCHEMES
+        schemes = f"{plain}:// or {secure}://"
         if not value or any(c.isspace() for c in value):
-            raise _fail("must be a ws:// or wss:// URL without spaces")
+            raise _fail(f"must be a {schemes} URL without spaces")
         try:
             parts = urlsplit(value)
             port = parts.port
         except ValueError:
             raise _fail("is not a valid URL (check the host and port)") from None
-        if parts.scheme not in ("ws", "wss"):
-            raise _fail("must be a ws:// or wss:// URL")
+        if parts.scheme not in cls._SCHEMES:
+            raise _fail(f"must be a {schemes} URL")
         if not parts.hostname:
             raise _fail("has no host")
         if port == 0:
             raise _fail("has an invalid port")
         if parts.fragment:
-            raise _fail("must not have a #fragment (WebSocket URLs cannot carry one)")
+            raise _fail("must not have a #fragment (it is never sent to the server)")
         return value
 
     @field_validator("headers")
@@ -93,9 +102,9 @@ class WebSocketEndpoint(StrictModel):
             lowered = name.lower()
             if not _TOKEN_RE.fullmatch(name):
                 problems.append(((name,), "is not a valid HTTP header name"))
-            elif lowered in _HANDSHAKE_HEADERS:
+            elif lowered in cls._PROTOCOL_HEADERS:
                 hint = "; use subprotocols" if lowered == "sec-websocket-protocol" else ""
-                problems.append(((name,), f"is set by the WebSocket handshake{hint}"))
+                problems.append(((name,), f"is set by {cls._HEADERS_WRITER}{hint}"))
             elif lowered in seen:
                 problems.append(
                     ((name,), f'same header as "{seen[lowered]}" (names are case-insensitive)')
@@ -112,19 +121,6 @@ class WebSocketEndpoint(StrictModel):
     def _check_bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_token_text(value.get_secret_value())
-        return value
-
-    @field_validator("subprotocols")
-    @classmethod
-    def _check_subprotocols(cls, value: list[str]) -> list[str]:
-        problems: list[Problem] = []
-        for index, protocol in enumerate(value):
-            if not _TOKEN_RE.fullmatch(protocol):
-                problems.append(((index,), "is not a valid subprotocol name"))
-            elif protocol in value[:index]:
-                problems.append(((index,), "is listed twice"))
-        if problems:
-            raise _problems_error(problems)
         return value
 
     @field_validator("proxy_url")
@@ -179,8 +175,8 @@ class WebSocketEndpoint(StrictModel):
             problems.append(
                 (("url",), "has user:password@ and a bearer token is set too; keep one")
             )
-        if self.tls != TlsConfig() and parts.scheme != "wss":
-            problems.append((("tls",), "tls options need a wss:// url"))
+        if self.tls != TlsConfig() and parts.scheme != self._SCHEMES[1]:
+            problems.append((("tls",), f"tls options need a {self._SCHEMES[1]}:// url"))
         if self.proxy_url is not None and self.proxy_from_env:
             problems.append((("proxy_from_env",), "set proxy_url or proxy_from_env, not both"))
         return problems
@@ -205,7 +201,8 @@ class WebSocketEndpoint(StrictModel):
         if urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
             return None
         found = urllib.request.getproxies_environment()
-        return found.get("https" if parts.scheme == "wss" else "http") or found.get("https")
+        secure = parts.scheme == self._SCHEMES[1]
+        return found.get("https" if secure else "http") or found.get("https")
 
     @property
     def target(self) -> str:
@@ -215,6 +212,38 @@ class WebSocketEndpoint(StrictModel):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         yield from super().__repr_args__()
         yield "target", self.target
+
+
+class WebSocketEndpoint(Endpoint):
+    _SCHEMES = ("ws", "wss")
+    _PROTOCOL_HEADERS = _HANDSHAKE_HEADERS
+    _HEADERS_WRITER = "the WebSocket handshake"
+
+    url: str = Field(repr=False, json_schema_extra={"pattern": "^[wW][sS][sS]?://"})
+    subprotocols: list[str] = Field(default_factory=list)
+    connection: ConnectionConfig = ConnectionConfig()
+
+    @field_validator("subprotocols")
+    @classmethod
+    def _check_subprotocols(cls, value: list[str]) -> list[str]:
+        problems: list[Problem] = []
+        for index, protocol in enumerate(value):
+            if not _TOKEN_RE.fullmatch(protocol):
+                problems.append(((index,), "is not a valid subprotocol name"))
+            elif protocol in value[:index]:
+                problems.append(((index,), "is listed twice"))
+        if problems:
+            raise _problems_error(problems)
+        return value
+
+
+class HttpEndpoint(Endpoint):
+    _SCHEMES = ("http", "https")
+    # aiohttp writes these from the request itself; a second copy would contradict it.
+    _PROTOCOL_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+    _HEADERS_WRITER = "the HTTP client"
+
+    url: str = Field(repr=False, json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"})
 
 
 def proxy_credentials(proxy_url: str) -> tuple[str, str] | None:

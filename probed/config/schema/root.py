@@ -127,8 +127,6 @@ def config_model() -> type[Config]:
     Kinds register in probed/kinds.py (a test may register its own), so the model is derived
     from the registry when asked for, and cached per set of kinds.
     """
-    import probed.kinds  # noqa: F401  # registers the built-in kinds; imports no probe code
-
     key = tuple(PROBE_KINDS.values())
     model = _models.get(key)
     if model is None:
