@@ -43,9 +43,13 @@ class ProbeStatus:
     sent: int = 0
     lost: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    # Kinds that hold no session (an HTTP API probe) are up while their latest check passed.
+    sessionless: bool = False
 
     @property
     def up(self) -> bool:
+        if self.sessionless:
+            return self.success is True
         return self.sessions_open > 0
 
     @property

@@ -95,6 +95,7 @@ class HttpProbe:
         self._metrics = metrics
         self._log = log
         self._session_metrics = metrics.session()
+        metrics.status.sessionless = True
         self._duration = metrics.latency(
             "probe_http_duration_seconds", "HTTP API request to full response.", primary=True
         )
