@@ -1100,7 +1100,7 @@ def test_json_schema() -> None:
     assert round_tripped == schema
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"global", "probes"}
+    assert set(schema["properties"]) == {"global", "defaults", "probes"}
     items = schema["properties"]["probes"]["items"]
     assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) >= {"echo", "http"}
     probe_schema = schema["$defs"]["EchoProbeConfig"]
@@ -1131,3 +1131,52 @@ def test_python_construction_uses_field_names_and_aliases() -> None:
     assert echo(config.probes[0]).max_in_flight == 11
     with pytest.raises(ValidationError, match=r"slo\.latency: must not be longer than timeout"):
         EchoProbeConfig(kind="echo", name="a", url="ws://h/", timeout=0.1, slo=SloConfig(latency=1))
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_defaults_are_inherited_merged_and_overridden() -> None:
+    text = textwrap.dedent(
+        """\
+        defaults:
+          connection: {connect_timeout: 3s, keepalive: {interval: 5s}}
+          headers: {X-Team: sre}
+          timeout: 2s
+          message: {template: '{"id":"{id}"}'}
+        probes:
+          - name: a
+            kind: echo
+            url: ws://a/
+            connection: {keepalive: {timeout: 4s}}
+          - name: b
+            kind: echo
+            url: ws://b/
+            timeout: 3s
+          - name: api
+            kind: http
+            url: http://api/
+        """
+    )
+    config = parse_config(text, env={})
+    a, b, api = (echo(config.probes[0]), echo(config.probes[1]), config.probes[2])
+    # Mappings merge key by key; the probe's own value wins.
+    assert a.connection.connect_timeout == 3 and a.connection.keepalive.interval == 5
+    assert a.connection.keepalive.timeout == 4
+    assert a.timeout == 2 and b.timeout == 3
+    assert a.request_headers() == {"X-Team": "sre"}
+    assert a.message.template == '{"id":"{id}"}'
+    # The http probe takes headers and timeout but has no message: it is not given one.
+    assert api.kind == "http" and getattr(api, "timeout") == 2  # noqa: B009
+
+
+def test_an_error_in_an_inherited_value_points_at_the_defaults_line() -> None:
+    text = "defaults:\n  timeout: soon\nprobes:\n  - name: a\n    kind: echo\n    url: ws://a/\n"
+    issue = one_issue(text)
+    assert issue.path == "probes[0].timeout" and issue.line == 2
+
+
+def test_a_defaults_key_no_kind_has_is_an_error() -> None:
+    text = "defaults:\n  intervall: 1s\nprobes: []\n"
+    issue = one_issue(text)
+    assert issue.path == "defaults.intervall" and "no probe kind" in issue.message

@@ -6,6 +6,7 @@ from typing import Any, Final, Literal
 
 from pydantic import Field, create_model, field_validator
 
+from probed.config.defaults import accepted_keys
 from probed.config.durations import Seconds
 from probed.config.schema.base import ProbeConfig
 from probed.config.schema.common import StrictModel
@@ -100,10 +101,20 @@ class Config(StrictModel):
     global_: GlobalConfig = Field(
         default_factory=GlobalConfig, validation_alias="global", serialization_alias="global"
     )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="values every probe inherits unless it sets its own (mappings merge)",
+    )
     probes: list[ProbeConfig] = Field(default_factory=list)
 
     def _semantic_problems(self) -> list[Problem]:
         problems: list[Problem] = []
+        known = set().union(*(accepted_keys(m) for m in PROBE_KINDS.values()))
+        for key in self.defaults:
+            if key not in known:
+                problems.append(
+                    (("defaults", key), "no probe kind has this key (or it cannot be inherited)")
+                )
         first: dict[str, int] = {}
         for index, probe in enumerate(self.probes):
             if probe.name in first:
