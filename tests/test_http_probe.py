@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -12,7 +14,8 @@ from aiohttp import web
 from probed import kinds, logs
 from probed.config import ProbeConfig
 from probed.probes.http import HttpProbe
-from tests.conftest import RunningDaemon, config, wait_until
+from tests.conftest import RunningDaemon, config, parse_exposition, wait_until
+from tests.test_exposition import render
 
 StartDaemon = Callable[..., Awaitable[RunningDaemon]]
 CANARY = "canary-http-5ecret"
@@ -139,3 +142,14 @@ def test_http_config_checks() -> None:
         config(http_yaml(1).replace("http://127", "ws://127"))
     with pytest.raises(Exception, match="set by the HTTP client"):
         config(http_yaml(1, "    headers: {Host: x}\n"))
+
+
+async def test_golden_exposition_of_the_http_kind(api: Api, start_daemon: StartDaemon) -> None:
+    text = "global:\n  labels: {location: test-lab}\n" + http_yaml(api.port)
+    d = await start_daemon(config(text))
+    await wait_until(lambda: d.count("probe_http_requests_total", probe="api", result="ok") >= 2)
+    got = render(parse_exposition(await d.scrape()))
+    golden = Path(__file__).parent / "golden" / "http.txt"
+    if os.environ.get("PROBED_UPDATE_GOLDEN"):
+        golden.write_text(got)
+    assert got == golden.read_text(), "the http kind's metric contract changed"

@@ -94,7 +94,6 @@ class HttpProbe:
         self._cfg = cfg
         self._metrics = metrics
         self._log = log
-        self._session_metrics = metrics.session()
         metrics.status.sessionless = True
         self._duration = metrics.latency(
             "probe_http_duration_seconds", "HTTP API request to full response.", primary=True
@@ -195,7 +194,7 @@ class HttpProbe:
         self._results.labels(result).inc()
         self._metrics.set_success(False)
         if reason is not None and counted:
-            self._session_metrics.connect_failed(reason, detail)
+            self._metrics.connect_failed(reason, detail)
         else:
             self._metrics.status.error("request failed", reason or result, detail)
         self._log.warning("request failed", result=result, reason=reason, detail=detail)
