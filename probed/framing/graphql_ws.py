@@ -54,7 +54,8 @@ def graphql_close_reason(code: int) -> str:
 
 
 class GraphQLWSFraming:
-    """One graphql-transport-ws client session. The WebSocket must offer the subprotocol
+    """One graphql-transport-ws client session: a new instance for every connection, since it
+    tracks whether this session was acknowledged. The WebSocket must offer the subprotocol
     ``GRAPHQL_TRANSPORT_WS`` (``subprotocols=[GRAPHQL_TRANSPORT_WS]``)."""
 
     subprotocol: Final = GRAPHQL_TRANSPORT_WS

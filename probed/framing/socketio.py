@@ -72,7 +72,8 @@ def _payload(args: list[JSON]) -> JSON:
 
 
 class SocketIOFraming:
-    """One Socket.IO client session on one namespace."""
+    """One Socket.IO client session on one namespace: a new instance for every connection, since
+    it holds that session's heartbeat terms and ack ids."""
 
     def __init__(
         self,
