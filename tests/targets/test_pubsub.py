@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +16,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from probed.cli import build_parser
+from probed.matching import Filter, Matched, equals
 from probed.targets.pubsub import PubSubTarget
+from probed.template import Template
 from tests.targets import eventually
 
 TIMEOUT = 5.0  # generous: only reached when something is broken
@@ -272,3 +277,61 @@ def test_cli_entry() -> None:
     assert args.require_join
     with pytest.raises(SystemExit):
         build_parser().parse_args(["target", "pubsub", "--drop", "2"])
+
+
+async def test_filter_and_templates_against_an_ack_plus_broadcast_room() -> None:
+    """The issue's first case: acks and broadcasts of the same id plus chatter. With a reply
+    filter on type == "ack" each message has exactly one reply; all else is ignored as filtered,
+    none as missing_field. The join is a templated setup step whose reply yields a capture."""
+    replies = Filter("id", [equals("type", "ack")])
+    joined = Filter(None, [equals("type", "joined")], {"room": "room"})
+    join_step = Template('{"type":"join","room":"{probe}-room","name":"{probe}"}')
+    publish = Template('{"type":"publish","room":"{room}","id":"{id}","seq":{seq}}')
+    n = 50
+    target = PubSubTarget(echo_to_sender=True, chatter_interval=0.01)
+    async with target, dial(target.url) as ws:
+        await ws.send(join_step.render({"probe": 'chat "eu"'}))
+        verdict = joined.classify(await ws.recv())
+        assert isinstance(verdict, Matched)
+        variables = dict(verdict.captures)
+        assert variables == {"room": 'chat "eu"-room'}
+        answered: dict[str, int] = {}
+        ignored: dict[str, int] = {}
+        for seq in range(n):
+            await ws.send(publish.render({**variables, "id": f"r-0-{seq}", "seq": str(seq)}))
+        async with asyncio.timeout(TIMEOUT):
+            while len(answered) < n or sum(ignored.values()) < n:
+                result = replies.classify(await ws.recv())
+                if isinstance(result, Matched):
+                    assert result.id is not None
+                    answered[result.id] = answered.get(result.id, 0) + 1
+                else:
+                    ignored[result.reason] = ignored.get(result.reason, 0) + 1
+    assert answered == {f"r-0-{seq}": 1 for seq in range(n)}  # no duplicates
+    assert set(ignored) == {"filtered"}
+    assert ignored["filtered"] >= n  # the n broadcasts, and chatter on top
+
+
+def test_cli_serves_the_target() -> None:
+    """`probed target pubsub` as a user runs it: a real process, a join and a publish."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "probed", "target", "pubsub", "--port", "0", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"listening on (ws://127\.0\.0\.1:\d+/ws)", line)
+        assert match, line
+        url = match.group(1)
+
+        async def session() -> None:
+            async with dial(url) as ws:
+                await join(ws)
+                assert await request(ws, type="publish", room="r", id=1) == {"type": "ack", "id": 1}
+
+        asyncio.run(session())
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
