@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 import strawberry
 from aiohttp import web
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strawberry.aiohttp.views import GraphQLView
 from strawberry.exceptions import ConnectionRejectionError
@@ -284,7 +284,7 @@ def test_messages_before_the_ack_are_invalid() -> None:
         GraphQLWSFraming("[]")
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.text(max_size=200)
     | st.binary(max_size=30)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import socketio
 from aiohttp import web
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -228,7 +228,7 @@ def test_url() -> None:
     )
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.text(max_size=200)
     | st.binary(max_size=50)

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probed.matching import (
@@ -79,7 +79,7 @@ def test_limits_are_inclusive_and_configurable() -> None:
     assert decode_json('["' + "[" * 100 + '"]', max_depth=1) == ["[" * 100]
 
 
-@settings(max_examples=2000)
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300) | st.text(max_size=300))
 def test_fuzz_decode_raises_only_decode_error(data: str | bytes) -> None:
     try:
@@ -88,7 +88,7 @@ def test_fuzz_decode_raises_only_decode_error(data: str | bytes) -> None:
         assert exc.reason in ("not_json", "too_large", "too_deep")
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(json_values)
 def test_fuzz_decode_roundtrips_json(value: Any) -> None:
     assert json_equal(decode_json(json.dumps(value)), value)
@@ -116,6 +116,7 @@ def test_bad_paths_are_config_errors(bad: str) -> None:
         JsonPath.parse(bad)
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=5), json_values)
 def test_fuzz_escaped_paths_address_their_keys(keys: list[str], leaf: Any) -> None:
     msg: Any = leaf
@@ -207,14 +208,14 @@ _FUZZ_FILTER = Filter(
 )
 
 
-@settings(max_examples=3000)
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400) | st.text(max_size=400))
 def test_fuzz_filter_on_raw_frames(data: str | bytes) -> None:
     verdict = _FUZZ_FILTER.classify(data)
     assert isinstance(verdict, Matched) or verdict.reason in IGNORE_REASONS
 
 
-@settings(max_examples=600)
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.fixed_dictionaries(
         {},

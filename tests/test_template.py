@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from probed.template import BUILTIN_NAMES, Template, TemplateError, check_template
@@ -66,14 +66,14 @@ def test_the_old_echo_template_behaviour_is_kept() -> None:
     )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_fuzz_any_string_value_keeps_json_valid(a: str, b: str) -> None:
     t = Template('{"a":"{a}","b":["x{b}y"]}')
     assert json.loads(t.render({"a": a, "b": b})) == {"a": a, "b": [f"x{b}y"]}
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=60))
 def test_fuzz_compiling_any_text_is_safe(text: str) -> None:
     t = Template(text)

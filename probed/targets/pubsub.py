@@ -13,6 +13,9 @@ one JSON object per WebSocket text frame on ``/ws`` (or ``/``):
 - Like many chat servers it insists on ``join`` first (``require_join``): anything else as a
   first message closes the session with ``join_close_code`` (4001). Other bad input is answered
   with ``{"type":"error","reason":...}`` and the session stays.
+- Broken servers, for the probe's bad-input handling: ``answer_joins=False`` subscribes nobody and
+  never answers a join (a subscription that is never acknowledged); ``broadcast=False`` sends
+  each publish back to its publisher only (a server that echoes instead of fanning out).
 - ``chatter_interval``: a fake user posts to every room with members that often (other room
   traffic a probe must ignore).
 
@@ -60,8 +63,9 @@ _REMEMBERED_IDS: Final = 10_000
 _CHATTER_NAME: Final = "chatter"
 _RATE_KEYS: Final = ("drop", "duplicate", "reorder")
 _SECONDS_KEYS: Final = ("delay", "jitter", "reorder_hold")
+_SWITCH_KEYS: Final = ("echo_to_sender", "answer_joins", "broadcast")
 _FAULT_KEYS: Final = frozenset(
-    {*_RATE_KEYS, *_SECONDS_KEYS, "echo_to_sender", "chatter_interval", "close", "reason"}
+    {*_RATE_KEYS, *_SECONDS_KEYS, *_SWITCH_KEYS, "chatter_interval", "close", "reason"}
 )
 
 
@@ -250,6 +254,8 @@ class PubSubTarget(Service):
         reorder: float = 0.0,
         reorder_hold: float = 2.0,
         echo_to_sender: bool = False,
+        answer_joins: bool = True,
+        broadcast: bool = True,
         require_join: bool = True,
         join_close_code: int = 4001,
         chatter_interval: float | None = None,
@@ -266,6 +272,8 @@ class PubSubTarget(Service):
         self.delay = self.jitter = self.drop = self.duplicate = self.reorder = 0.0
         self.reorder_hold = 2.0
         self.echo_to_sender = False
+        self.answer_joins = True
+        self.broadcast = True
         self.chatter_interval: float | None = None
         self._chatter_wake = asyncio.Event()
         self.set_faults(
@@ -276,6 +284,8 @@ class PubSubTarget(Service):
             reorder=reorder,
             reorder_hold=reorder_hold,
             echo_to_sender=echo_to_sender,
+            answer_joins=answer_joins,
+            broadcast=broadcast,
             chatter_interval=chatter_interval,
         )
         app = web.Application()
@@ -350,6 +360,8 @@ class PubSubTarget(Service):
         reorder: float | None = None,
         reorder_hold: float | None = None,
         echo_to_sender: bool | None = None,
+        answer_joins: bool | None = None,
+        broadcast: bool | None = None,
         chatter_interval: float | None = None,
     ) -> None:
         """Change the given faults (None leaves one as it is); all checked before any applies."""
@@ -368,8 +380,14 @@ class PubSubTarget(Service):
         for name, value in (*rates.items(), *seconds.items()):
             if value is not None:
                 setattr(self, name, value)
-        if echo_to_sender is not None:
-            self.echo_to_sender = echo_to_sender
+        switches = {
+            "echo_to_sender": echo_to_sender,
+            "answer_joins": answer_joins,
+            "broadcast": broadcast,
+        }
+        for name, switch in switches.items():
+            if switch is not None:
+                setattr(self, name, switch)
         if chatter_interval is not None:
             self.chatter_interval = chatter_interval
             self._chatter_wake.set()
@@ -379,7 +397,9 @@ class PubSubTarget(Service):
         self._chatter_wake.set()
 
     def heal(self) -> None:
-        self.set_faults(delay=0, jitter=0, drop=0, duplicate=0, reorder=0)
+        self.set_faults(
+            delay=0, jitter=0, drop=0, duplicate=0, reorder=0, answer_joins=True, broadcast=True
+        )
         self.stop_chatter()
 
     def faults(self) -> dict[str, object]:
@@ -391,6 +411,8 @@ class PubSubTarget(Service):
             "reorder": self.reorder,
             "reorder_hold": self.reorder_hold,
             "echo_to_sender": self.echo_to_sender,
+            "answer_joins": self.answer_joins,
+            "broadcast": self.broadcast,
             "chatter_interval": self.chatter_interval,
         }
 
@@ -459,13 +481,13 @@ class PubSubTarget(Service):
                 del self._rooms[room]
 
     def _on_text(self, session: _Session, text: str) -> None:
+        if session.closing:
+            return
         try:
             msg = json.loads(text)
         except (ValueError, RecursionError):
             msg = None
         kind = msg.get("type") if isinstance(msg, dict) else None
-        if session.closing:
-            return
         if self.require_join and not session.joined_once and kind != "join":
             session.closing = True
             self._close(session, self.join_close_code, "join first")
@@ -481,13 +503,7 @@ class PubSubTarget(Service):
         elif not isinstance(room, str) or not room:
             session.reply({"type": "error", "reason": "room_required", **echo_id})
         elif kind == "join":
-            name = msg.get("name")
-            if isinstance(name, str) and name and name != _CHATTER_NAME:
-                session.name = name[:100]
-            session.joined_once = True
-            session.rooms.add(room)
-            self._rooms.setdefault(room, set()).add(session)
-            session.reply({"type": "joined", "room": room, **echo_id})
+            self._join(session, room, msg.get("name"), echo_id)
         elif kind == "leave":
             session.rooms.discard(room)
             self._leave(session, room)
@@ -503,15 +519,28 @@ class PubSubTarget(Service):
         else:
             session.reply({"type": "error", "reason": "unknown_type", **echo_id})
 
+    def _join(self, session: _Session, room: str, name: object, echo_id: dict[str, Any]) -> None:
+        if isinstance(name, str) and name and name != _CHATTER_NAME:
+            session.name = name[:100]
+        session.joined_once = True
+        if not self.answer_joins:
+            return  # swallowed: never subscribed, never answered
+        session.rooms.add(room)
+        self._rooms.setdefault(room, set()).add(session)
+        session.reply({"type": "joined", "room": room, **echo_id})
+
     def _publish(self, sender: _Session, room: str, ident: str, message: dict[str, Any]) -> None:
         self.published += 1
         seq = self._seq[room] = self._seq.get(room, -1) + 1
         text = json.dumps(message)
         now = asyncio.get_running_loop().time()
         rand = self._random
-        for member in list(self._rooms.get(room, ())):
-            if member is sender and not self.echo_to_sender:
-                continue
+        if self.broadcast:
+            members = self._rooms.get(room, set())
+            recipients = [m for m in members if m is not sender or self.echo_to_sender]
+        else:
+            recipients = [sender]
+        for member in recipients:
             truth = self.truth_for(member.name)
             if rand.random() < self.drop:
                 truth.dropped += 1
@@ -572,8 +601,9 @@ class PubSubTarget(Service):
         for key in (*_RATE_KEYS, *_SECONDS_KEYS):
             if key in body:
                 changes[key] = get_number(body, key, nullable=False)
-        if "echo_to_sender" in body:
-            changes["echo_to_sender"] = get_bool(body, "echo_to_sender")
+        for key in _SWITCH_KEYS:
+            if key in body:
+                changes[key] = get_bool(body, key)
         stop_chatter = False
         if "chatter_interval" in body:
             value = get_number(body, "chatter_interval")
@@ -645,6 +675,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="accept messages before a join (default: close with --join-close-code)",
     )
+    parser.add_argument(
+        "--ignore-joins",
+        dest="answer_joins",
+        action="store_false",
+        help="never answer (or honour) a join: a subscription that is never acknowledged",
+    )
+    parser.add_argument(
+        "--no-broadcast",
+        dest="broadcast",
+        action="store_false",
+        help="send each publish back to its publisher only",
+    )
     parser.add_argument("--join-close-code", type=int, default=4001, metavar="CODE")
     parser.add_argument(
         "--chatter-interval",
@@ -666,6 +708,8 @@ async def serve(args: argparse.Namespace) -> None:
         duplicate=args.duplicate,
         reorder=args.reorder,
         echo_to_sender=args.echo_to_sender,
+        answer_joins=args.answer_joins,
+        broadcast=args.broadcast,
         require_join=args.require_join,
         join_close_code=args.join_close_code,
         chatter_interval=args.chatter_interval or None,

@@ -335,3 +335,23 @@ def test_cli_serves_the_target() -> None:
     finally:
         proc.terminate()
         proc.wait(TIMEOUT)
+
+
+async def test_broken_servers_for_bad_input_handling(target: PubSubTarget) -> None:
+    async with dial(target.url) as pub, dial(target.url) as sub:
+        await join(pub)
+        await join(sub)
+        # Echoes to the publisher only: nothing fans out.
+        target.set_faults(broadcast=False)
+        await request(pub, type="publish", room="r", id="self")
+        assert (await recv(pub))["id"] == "self"
+        await assert_silent(sub)
+        # A join that is never acknowledged, nor honoured.
+        target.set_faults(answer_joins=False, broadcast=True)
+        await sub.send(json.dumps({"type": "join", "room": "other"}))
+        await assert_silent(sub)
+        assert target.members("other") == 0
+        target.heal()
+        assert target.faults()["answer_joins"] is True
+        assert target.faults()["broadcast"] is True
+        await join(sub, room="other")
