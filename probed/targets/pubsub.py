@@ -154,6 +154,7 @@ class _Session:
         self._order = itertools.count()
         self._held: list[_Delivery] = []
         self._held_since: float | None = None
+        self._writing: _Delivery | None = None
         self._wake = asyncio.Event()
 
     def reply(self, message: dict[str, Any]) -> None:
@@ -169,7 +170,9 @@ class _Session:
 
     def owed(self) -> list[_Delivery]:
         pending = [item for _, _, item, _ in self._due if isinstance(item, _Delivery)]
-        return pending + self._held
+        # A frame whose write was cut short by the session ending counts as not delivered.
+        writing = [self._writing] if self._writing is not None else []
+        return pending + self._held + writing
 
     async def send_due(self, target: PubSubTarget) -> None:
         with contextlib.suppress(ConnectionError):
@@ -215,12 +218,14 @@ class _Session:
                 await self._flush_held(target)
 
     async def _flush_held(self, target: PubSubTarget) -> None:
-        held, self._held, self._held_since = self._held, [], None
-        for item in held:
-            await self._write(target, item)
+        self._held_since = None
+        while self._held:
+            await self._write(target, self._held.pop(0))
 
     async def _write(self, target: PubSubTarget, item: _Delivery) -> None:
+        self._writing = item
         await self.ws.send_str(item.text)
+        self._writing = None
         truth = target.truth_for(self.name)
         if item.chatter:
             truth.chatter += 1
