@@ -61,3 +61,21 @@ async def test_refusal_or_close_fails_the_step_by_name(frame: str, reason: str) 
             assert exc.reason == reason
             return
     raise AssertionError("the step did not fail")
+
+
+def test_every_invalid_reason_in_the_code_is_declared() -> None:
+    # The bounded label set is checked against the source, so a new reason cannot slip past it.
+    import re
+    from pathlib import Path
+
+    import probed.framing as framing_package
+    from probed.framing import INVALID_REASONS
+
+    folder = Path(framing_package.__file__).parent
+    used = {
+        reason
+        for path in folder.glob("*.py")
+        for reason in re.findall(r'Invalid\("([a-z_]+)"\)', path.read_text())
+    }
+    assert used
+    assert used <= INVALID_REASONS

@@ -6,6 +6,7 @@ a socket or a clock. The caller (a probe's session) sends what a framing asks it
 """
 
 from probed.framing.events import (
+    INVALID_REASONS,
     Ack,
     Closed,
     Completed,
@@ -26,6 +27,7 @@ from probed.framing.socketio import SocketIOFraming, socketio_url
 
 __all__ = [
     "GRAPHQL_TRANSPORT_WS",
+    "INVALID_REASONS",
     "Ack",
     "Closed",
     "Completed",

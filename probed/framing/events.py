@@ -105,9 +105,39 @@ class Closed:
 
 @dataclass(frozen=True, slots=True)
 class Invalid:
-    """A frame that breaks the protocol; counted with a bounded reason and otherwise ignored."""
+    """A frame that breaks the protocol; counted with a bounded reason and otherwise ignored.
+
+    ``reason`` is always one of INVALID_REASONS, so it can be a metric label.
+    """
 
     reason: str
+
+
+INVALID_REASONS: Final = frozenset(
+    {
+        # any framing
+        "binary_frame",
+        "not_json",
+        "too_large",
+        "too_deep",
+        # Socket.IO
+        "empty",
+        "unknown_packet",
+        "unexpected_pong",
+        "bad_open",
+        "binary_unsupported",
+        "other_namespace",
+        "bad_ack_id",
+        "bad_event",
+        "bad_ack",
+        # graphql-transport-ws
+        "not_object",
+        "unexpected",
+        "unknown_type",
+        "bad_id",
+        "missing_payload",
+    }
+)
 
 
 Event: TypeAlias = (
