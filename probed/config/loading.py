@@ -20,7 +20,7 @@ from probed.config.errors import (
     _validation_issues,
     _yaml_issue,
 )
-from probed.config.schema.root import Config
+from probed.config.schema.root import Config, config_model
 from probed.config.validation import _format_path, _LoadContext
 from probed.config.yaml_reader import _DocumentReader
 
@@ -49,7 +49,7 @@ def parse_config(
     config: Config | None = None
     if isinstance(data, dict):
         try:
-            config = Config.model_validate(
+            config = config_model().model_validate(
                 data, by_alias=True, by_name=False, context=_LoadContext(base_dir)
             )
         except ValidationError as exc:

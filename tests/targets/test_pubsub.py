@@ -276,14 +276,15 @@ async def test_http_control(target: PubSubTarget) -> None:
 
 
 def test_cli_entry() -> None:
-    args = build_parser().parse_args(
-        ["target", "pubsub", "--drop", "0.1", "--reorder", "0.05", "--echo-to-sender"]
-    )
+    argv = ["target", "pubsub", "--drop", "0.1", "--reorder", "0.05", "--echo-to-sender"]
+    args = build_parser(argv).parse_args(argv)
     assert args.drop == 0.1
     assert args.echo_to_sender
     assert args.require_join
+    assert args.answer_joins
+    bad = ["target", "pubsub", "--drop", "2"]
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["target", "pubsub", "--drop", "2"])
+        build_parser(bad).parse_args(bad)
 
 
 async def test_filter_and_templates_against_an_ack_plus_broadcast_room() -> None:
