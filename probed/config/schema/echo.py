@@ -6,8 +6,9 @@ from pydantic import Field
 
 from probed.config.durations import Seconds, _to_ns, format_duration
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import MessageConfig, SloConfig
+from probed.config.schema.common import SloConfig
 from probed.config.schema.endpoint import WebSocketEndpoint
+from probed.config.schema.scripting import MessageConfig
 from probed.config.validation import Problem
 
 MAX_IN_FLIGHT: Final = 10_000
