@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 from probed.config.schema.scripting import SetupStepConfig
 from probed.dial import ConnectError
 from probed.matching import Matched
-from probed.template import Template
+from probed.template import Template, TemplateError
 
 if TYPE_CHECKING:
     from probed.connection import Session
@@ -61,6 +61,9 @@ class SetupScript:
                         if isinstance(verdict, Matched):
                             variables.update(verdict.captures)
                             break
+            except TemplateError as exc:
+                # Checked at load time; kept so no value can ever crash a probe mid-connect.
+                raise ConnectError("setup", "setup", f"step {step.name}: {exc}") from None
             except TimeoutError:
                 raise ConnectError(
                     "setup", "setup", f"step {step.name}: no matching reply within {step.timeout}s"

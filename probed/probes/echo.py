@@ -58,7 +58,13 @@ class EchoProbe:
         self._run_id = secrets.token_hex(3)
         self._tracker = DeliveryTracker(int(cfg.timeout * 1e9))
         self._seq = 0
-        self.supervisor = Supervisor(cfg, metrics=metrics.session(), handler=self, log=log)
+        self.supervisor = Supervisor(
+            cfg,
+            metrics=metrics.session(),
+            handler=self,
+            log=log,
+            variables={"probe": cfg.name},
+        )
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
