@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -10,7 +12,8 @@ from websockets.asyncio.client import connect
 from probed import kinds, logs
 from probed.config import ProbeConfig
 from probed.targets.pubsub import PubSubTarget
-from tests.conftest import RunningDaemon, config, wait_until
+from tests.conftest import RunningDaemon, config, parse_exposition, wait_until
+from tests.test_exposition import render
 
 StartDaemon = Callable[..., Awaitable[RunningDaemon]]
 
@@ -176,3 +179,15 @@ def test_fanout_config_checks() -> None:
         )
     with pytest.raises(Exception, match=r"unknown placeholder \{room\}"):
         config(fanout_yaml("ws://h/").replace('"room":"r1","id"', '"room":"{room}","id"'))
+
+
+async def test_golden_exposition_of_the_fanout_kind(start_daemon: StartDaemon) -> None:
+    async with PubSubTarget() as target:
+        text = "global:\n  labels: {location: test-lab}\n" + fanout_yaml(target.url)
+        d = await start_daemon(config(text))
+        await wait_until(lambda: d.count("probe_fanout_complete_seconds_count", probe="room") >= 2)
+        got = render(parse_exposition(await d.scrape()))
+    golden = Path(__file__).parent / "golden" / "fanout.txt"
+    if os.environ.get("PROBED_UPDATE_GOLDEN"):
+        golden.write_text(got)
+    assert got == golden.read_text(), "the fanout kind's metric contract changed"
