@@ -94,6 +94,8 @@ probes:
 
 
 ROOM: set[asyncio.Queue[str]] = set()
+# The publisher's message: a mutation whose variable carries the probe's id.
+MUTATION = '{"query":"mutation($id: String!) { post(id: $id) }","variables":{"id":"{id}"}}'
 
 
 @strawberry.type
@@ -155,7 +157,7 @@ probes:
         - name: subscribe
           send: '{{"query":"subscription {{ posted }}"}}'
     message:
-      template: '{{"query":"mutation($id: String!) {{ post(id: $id) }}","variables":{{"id":"{{id}}"}}}}'  # noqa: E501
+      template: '{MUTATION}'
       match: {{json: data.data.posted}}
 """
     d = await start_daemon(config(text))
