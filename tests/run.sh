@@ -5,13 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian packages the e2e tests run for real: promtool and prometheus (prometheus), amtool and
+# alertmanager (prometheus-alertmanager), systemd-analyze (systemd). Installed only when missing.
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "== installing Debian's prometheus package (promtool)"
+    echo "== installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else
-    echo "promtool not found: run as root, or: sudo apt-get install prometheus" >&2
+    echo "missing ${missing[*]}: run as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
 fi
