@@ -23,7 +23,7 @@ ENV_REPLICAS: Final = "PROBED_SHARD_REPLICAS"
 
 # "2/5", or a StatefulSet pod name with its ordinal as in "probed-2/5": Kubernetes can put
 # $(POD_NAME) into the arguments, but not the ordinal alone (before pod-index labels).
-_SPEC_RE: Final = re.compile(r"^(?:(?P<pod>.*\D)-)?(?P<index>\d+)/(?P<count>\d+)$")
+_SPEC_RE: Final = re.compile(r"^(?:.+-)?(?P<index>\d+)/(?P<count>\d+)$")
 
 
 class Named(Protocol):

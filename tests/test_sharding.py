@@ -25,6 +25,7 @@ def test_parse_and_resolve() -> None:
     assert Shard.parse("2/5") == Shard(2, 5)
     # A StatefulSet pod name: the ordinal after the last dash is the index.
     assert Shard.parse("probed-eu-west-2/3") == Shard(2, 3)
+    assert Shard.parse("probed-v2-0/3") == Shard(0, 3)
     assert Shard.parse("0/1", replicas=1) == Shard(0, 1)
     for bad in ("3/3", "1", "a/3", "-1/3", "1/0", "probed/3", ""):
         with pytest.raises(ValueError):
