@@ -54,22 +54,25 @@ def _binary(name: str) -> str:
 
 @dataclass
 class Webhook:
-    """Alertmanager's notifications as they arrive: (monotonic time, status, alertname)."""
+    """Alertmanager's notifications as they arrive: (monotonic time, status, labels)."""
 
-    seen: list[tuple[float, str, str]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    seen: list[tuple[float, str, dict[str, str]]] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
         now = time.monotonic()
         for alert in body["alerts"]:
-            self.seen.append((now, alert["status"], alert["labels"]["alertname"]))
-        self.arrived.set()
+            self.seen.append((now, alert["status"], alert["labels"]))
         return web.Response(text="ok")
 
-    def first(self, status: str, alertname: str, after: float) -> float | None:
-        for when, got_status, name in self.seen:
-            if got_status == status and name == alertname and when >= after:
+    def first(self, status: str, alertname: str, after: float, probe: str = "chat") -> float | None:
+        for when, got_status, labels in self.seen:
+            if (
+                got_status == status
+                and labels["alertname"] == alertname
+                and labels.get("probe") == probe
+                and when >= after
+            ):
                 return when
         return None
 
@@ -79,6 +82,7 @@ class Stack:
     echo: EchoTarget
     proxy: FaultProxy
     prometheus: str
+    alertmanager: str
     webhook: Webhook
 
     async def alerts(self) -> dict[str, str]:
@@ -101,6 +105,15 @@ class Stack:
             await asyncio.sleep(0.2)  # polling an external program: its state has no event
         return time.monotonic()
 
+    async def post_alerts(self, *labels: dict[str, str]) -> None:
+        """Alerts straight into Alertmanager's API, as Prometheus would send them."""
+        body = [{"labels": {"job": "probed", **one}, "annotations": {}} for one in labels]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.alertmanager}/api/v2/alerts", json=body) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+
     async def firing_in_prometheus(self, alertname: str, within: float = 30) -> float:
         async def check() -> bool:
             return (await self.alerts()).get(alertname) == "firing"
@@ -108,13 +121,13 @@ class Stack:
         return await self.until(f"{alertname} firing in Prometheus", check, within)
 
     async def at_webhook(
-        self, status: str, alertname: str, after: float, within: float = 30
+        self, status: str, alertname: str, after: float, within: float = 30, probe: str = "chat"
     ) -> float:
         async def check() -> bool:
-            return self.webhook.first(status, alertname, after) is not None
+            return self.webhook.first(status, alertname, after, probe) is not None
 
         await self.until(f"{alertname} {status} at the webhook", check, within)
-        when = self.webhook.first(status, alertname, after)
+        when = self.webhook.first(status, alertname, after, probe)
         assert when is not None
         return when
 
@@ -265,7 +278,9 @@ probes:
             procs.append(prom)
             await _http_ok(f"http://127.0.0.1:{am_port}/-/ready", 30, am, am_log)
             await _http_ok(f"http://127.0.0.1:{prom_port}/-/ready", 30, prom, prom_log)
-            yield Stack(echo, proxy, f"http://127.0.0.1:{prom_port}", hook)
+            yield Stack(
+                echo, proxy, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", hook
+            )
         finally:
             for proc in procs:
                 if proc.returncode is None:
@@ -294,6 +309,23 @@ async def test_breach_and_outage_page_and_resolve(stack: Stack) -> None:
             return bool((await resp.json())["data"]["result"])
 
     await stack.until("a healthy scrape", healthy, within=30)
+
+    # The shipped inhibition, in the real Alertmanager: while a daemon reports event-loop lag, its
+    # latency pages are held back; the same page from a healthy daemon goes through.
+    starved, fine = "10.0.0.1:9464", "10.0.0.2:9464"
+    page = {"alertname": "MessageRttSloBreach", "severity": "page", "slo": "message_rtt"}
+    t_inhibit = time.monotonic()
+    await stack.post_alerts(
+        {"alertname": "ProbedEventLoopLag", "severity": "ticket", "instance": starved},
+        {**page, "instance": starved, "probe": "starved"},
+        {**page, "instance": fine, "probe": "fine"},
+    )
+    await stack.at_webhook("firing", "MessageRttSloBreach", t_inhibit, probe="fine")
+    # A later alert's arrival shows that the notifications posted before it have gone out.
+    await stack.post_alerts({**page, "instance": fine, "probe": "later"})
+    await stack.at_webhook("firing", "MessageRttSloBreach", t_inhibit, probe="later")
+    assert stack.webhook.first("firing", "MessageRttSloBreach", t_inhibit, "starved") is None
+    assert any(labels["alertname"] == "ProbedEventLoopLag" for _t, _s, labels in stack.webhook.seen)
     assert "MessageRttSloBreach" not in await stack.alerts()
 
     # Slow: 100 ms each way puts every round trip over the 50 ms SLO.
