@@ -170,7 +170,10 @@ def error_ratio_expr(slo: Slo, window: str) -> str:
     good = f"sum without (le) (rate({under}[{window}]))"
     total = f"sum without (le) (rate({slo.metric}_count[{window}]))"
     if slo.also_bad is not None:
-        total = f"({total}\n  + sum without (result) (rate({slo.also_bad}[{window}])))"
+        # `or ... * 0`: a counter whose series does not exist yet (no timeout so far) must not
+        # make the whole ratio vanish, which would silence the SLO alerts.
+        extra = f"sum without (result) (rate({slo.also_bad}[{window}]))"
+        total = f"({total}\n  + ({extra}\n     or {total} * 0))"
     return f"1 - (\n  {good}\n/\n  {total}\n)"
 
 

@@ -210,12 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     check = add("check", "validate a config file (exit 0/1)")
-    check.add_argument("-c", "--config", help="YAML config file")
+    check.add_argument("-c", "--config", "--config.file", dest="config", help="YAML config file")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")
-    once.add_argument("-c", "--config", required=True)
+    once.add_argument("-c", "--config", "--config.file", dest="config", required=True)
     once.add_argument("--probe", help="only this probe")
     once.set_defaults(func=cmd_once)
 
