@@ -57,6 +57,7 @@ FAMILIES: Final[tuple[Family, ...]] = (
     _f("probe_message_delivery_seconds", "histogram"),
     _f("probe_fanout_complete_seconds", "histogram"),
     _f("probe_http_duration_seconds", "histogram"),
+    _f("probe_http_requests_total", "counter", "result"),
     _f("probe_messages_sent_total", "counter"),
     _f("probe_messages_received_total", "counter"),
     _f("probe_messages_lost_total", "counter"),

@@ -235,6 +235,17 @@ def build() -> dict[str, Any]:
         ],
     )
 
+    lay.panel(
+        "HTTP requests by result",
+        [
+            _q(
+                f"sum by (result) (increase(probe_http_requests_total{{{SEL}}}[{RATE}]))",
+                "{{result}}",
+            )
+        ],
+        unit="short",
+    )
+
     lay.row("Connections")
     lay.panel(
         "Disconnects by reason",

@@ -5,19 +5,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the e2e tests run for real: promtool and prometheus (prometheus), amtool and
-# alertmanager (prometheus-alertmanager), systemd-analyze (systemd). Installed only when missing.
+# Debian packages the tests drive for real: promtool and prometheus (prometheus), amtool and
+# alertmanager (prometheus-alertmanager), systemd-analyze (systemd), a CONNECT proxy (tinyproxy).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-if [ "${#missing[@]}" -gt 0 ]; then
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Packaged services start on install; the tests run their own copies on free ports.
+    for unit in "${missing[@]}"; do systemctl stop "$unit" >/dev/null 2>&1 || true; done
   else
-    echo "missing ${missing[*]}: run as root, or: sudo apt-get install ${missing[*]}" >&2
+    echo "missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
 fi

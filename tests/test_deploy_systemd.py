@@ -148,7 +148,7 @@ async def test_daemon_feeds_the_watchdog_and_reports_status(
         def fed() -> bool:
             seen.extend(drain(sock))
             keepalives = sum(s.startswith("WATCHDOG=1") for s in seen)
-            return keepalives >= 3 and any("1 probes, 1 sessions up" in s for s in seen)
+            return keepalives >= 3 and any("1 probes, 1 up" in s for s in seen)
 
         await wait_until(fed, within=20, what="watchdog keep-alives and a status line")
         assert "READY=1" in seen
