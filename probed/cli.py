@@ -97,6 +97,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     names = ", ".join(p.name for p in config.probes) or "none"
     print(f"{args.config}: OK, {len(config.probes)} probe(s): {names}")
+    return _print_shard(args, config)
+
+
+def _print_shard(args: argparse.Namespace, config: Config) -> int:
+    """With --shard (or PROBED_SHARD): which of the probes this replica would run."""
+    from probed.sharding import resolve
+
+    try:
+        shard = resolve(args.shard, args.shard_replicas)
+    except ValueError as exc:
+        print(f"probed: {exc}", file=sys.stderr)
+        return 2
+    if shard is not None:
+        mine = [p.name for p in shard.select(config.probes)]
+        print(f"shard {shard}: {len(mine)} probe(s): {', '.join(mine) or 'none'}")
     return 0
 
 
@@ -222,6 +237,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     check = add("check", "validate a config file (exit 0/1)")
     check.add_argument("-c", "--config", "--config.file", dest="config", help="YAML config file")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
+    check.add_argument("--shard", metavar="INDEX/COUNT", help="also list this shard's probes")
+    check.add_argument("--shard-replicas", type=int, metavar="K")
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")

@@ -335,6 +335,8 @@ async def test_breach_and_outage_page_and_resolve(stack: Stack) -> None:
     breach_hook = await stack.at_webhook("firing", "MessageRttSloBreach", t_slow)
     # Slow is not down: every reply still comes within the probe's timeout.
     assert "ProbeDown" not in await stack.alerts()
+    # Every round trip over the SLO burns the budget at 100x: the burn-rate page fires too.
+    burn_prom = await stack.firing_in_prometheus("MessageRttErrorBudgetBurn")
 
     # Down: connections reset and new ones refused.
     t_down = time.monotonic()
@@ -352,7 +354,8 @@ async def test_breach_and_outage_page_and_resolve(stack: Stack) -> None:
 
     print(
         f"\nbreach: firing in Prometheus {breach_prom - t_slow:.1f}s, at webhook "
-        f"{breach_hook - t_slow:.1f}s after the slowdown; probe down: firing "
+        f"{breach_hook - t_slow:.1f}s after the slowdown (burn rate firing "
+        f"{burn_prom - t_slow:.1f}s); probe down: firing "
         f"{down_prom - t_down:.1f}s, at webhook {down_hook - t_down:.1f}s after the outage; "
         f"resolved at webhook {down_resolved - t_heal:.1f}s (down) and "
         f"{breach_resolved - t_heal:.1f}s (breach) after healing"

@@ -170,3 +170,32 @@ async def test_the_cli_takes_the_shard_from_the_environment(
     )
     _out, err = await asyncio.wait_for(bad.communicate(), bound(30))
     assert bad.returncode == 2 and b"shard index" in err
+
+
+async def test_check_lists_each_shards_probes(tmp_path: Path) -> None:
+    names = [f"p{i}" for i in range(9)]
+    body = "".join(f"  - {{name: {n}, kind: echo, url: 'ws://127.0.0.1:1/ws'}}\n" for n in names)
+    path = tmp_path / "probed.yaml"
+    path.write_text(f"probes:\n{body}")
+    listed: list[str] = []
+    for index in range(3):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "probed",
+            "check",
+            "-c",
+            str(path),
+            "--shard",
+            f"{index}/3",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), bound(30))
+        assert proc.returncode == 0
+        line = out.decode().splitlines()[-1]
+        assert line.startswith(f"shard {index}/3: ")
+        shown = line.split(": ", 2)[2]
+        mine = [] if shown == "none" else shown.split(", ")
+        assert mine == [n for n in names if Shard(index, 3).owns(n)]
+        listed += mine
+    assert sorted(listed) == sorted(names)
