@@ -72,6 +72,8 @@ def test_unit_is_notify_with_watchdog_reload_and_credentials() -> None:
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert any(cred.startswith("chat-token:") for cred in d["LoadCredential"])
     assert "--config.file=/etc/probed/probed.yaml" in d["ExecStart"][0]
+    # Hiding /proc/stat would silently drop every process_* metric (no boot time, no collector).
+    assert "ProcSubset" not in d
 
 
 async def test_example_config_reads_its_secret_from_the_credentials_directory(
