@@ -1113,7 +1113,7 @@ def test_json_schema() -> None:
     assert pattern.match("1h30m")
     assert pattern.match("250us")
     assert not pattern.match("5")
-    assert schema["$defs"]["MatchConfig"]["properties"].keys() == {"json", "raw"}
+    assert schema["$defs"]["MatchConfig"]["properties"].keys() == {"json", "raw", "where"}
     assert schema["$defs"]["ConnectionConfig"]["properties"]["keepalive"]["default"] == {
         "mode": "ping",
         "interval": "15s",

@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from probed.config.schema.common import ConnectionConfig, ReadableFile, StrictModel, TlsConfig
+from probed.config.schema.scripting import SetupStepConfig, check_steps
 from probed.config.validation import Problem, _fail, _problems_error
 
 # RFC 9110 token: what a header name or a subprotocol may be made of.
@@ -221,7 +222,22 @@ class WebSocketEndpoint(Endpoint):
 
     url: str = Field(repr=False, json_schema_extra={"pattern": "^[wW][sS][sS]?://"})
     subprotocols: list[str] = Field(default_factory=list)
+    setup: list[SetupStepConfig] = Field(
+        default_factory=list,
+        description="scripted steps after the upgrade (join, auth): timed as the setup phase",
+    )
     connection: ConnectionConfig = ConnectionConfig()
+
+    def _semantic_problems(self) -> list[Problem]:
+        problems = super()._semantic_problems()
+        found, _ = check_steps(self.setup, {"probe"})
+        problems.extend((("setup", *loc), message) for loc, message in found)
+        return problems
+
+    @property
+    def captures(self) -> set[str]:
+        """Template variables the setup steps define, for the probe's own templates."""
+        return check_steps(self.setup, set())[1]
 
     @field_validator("subprotocols")
     @classmethod
