@@ -72,6 +72,7 @@ SLOS: Final = (
         0.99,
         "fan-out message delivery",
         "deliveries",
+        also_bad="probe_messages_lost_total",  # per subscriber, like the deliveries
     ),
     Slo(
         "stt_final",

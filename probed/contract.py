@@ -56,6 +56,7 @@ FAMILIES: Final[tuple[Family, ...]] = (
     _f("probe_message_rtt_seconds", "histogram"),
     _f("probe_message_delivery_seconds", "histogram"),
     _f("probe_fanout_complete_seconds", "histogram"),
+    _f("probe_fanout_published_total", "counter"),
     _f("probe_http_duration_seconds", "histogram"),
     _f("probe_http_requests_total", "counter", "result"),
     _f("probe_messages_sent_total", "counter"),
@@ -64,6 +65,7 @@ FAMILIES: Final[tuple[Family, ...]] = (
     _f("probe_messages_duplicated_total", "counter"),
     _f("probe_messages_reordered_total", "counter"),
     _f("probe_messages_unmatched_total", "counter", "reason"),
+    _f("probe_messages_ignored_total", "counter", "reason"),
     # Speech and voice agents.
     _f("probe_stt_first_partial_seconds", "histogram"),
     _f("probe_stt_final_seconds", "histogram"),

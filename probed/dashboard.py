@@ -207,12 +207,17 @@ def build() -> dict[str, Any]:
         width=8,
     )
     lay.panel(
-        "Unmatched replies by reason",
+        "Unmatched and ignored inbound messages",
         [
             _q(
                 f"sum by (reason) (rate(probe_messages_unmatched_total{{{SEL}}}[{RATE}]))",
-                "{{reason}}",
-            )
+                "unmatched {{reason}}",
+            ),
+            _q(
+                f"sum by (reason) (rate(probe_messages_ignored_total{{{SEL}}}[{RATE}]))",
+                "ignored {{reason}}",
+                "B",
+            ),
         ],
         unit="reqps",
         width=8,
@@ -235,6 +240,16 @@ def build() -> dict[str, Any]:
         ],
     )
 
+    lay.panel(
+        "Fan-out messages published",
+        [
+            _q(
+                f"sum by (probe) (rate(probe_fanout_published_total{{{SEL}}}[{RATE}]))",
+                "{{probe}}",
+            )
+        ],
+        unit="reqps",
+    )
     lay.panel(
         "HTTP requests by result",
         [
