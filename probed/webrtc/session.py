@@ -1,0 +1,459 @@
+"""One WebRTC audio session over WHIP: set up in phases, measure echoes, tear down cleanly.
+
+Everything runs under deadlines: set-up has one overall timeout, every HTTP request its own,
+and close() bounds the DELETE and the peer connection's shutdown, so no failure mode of the far
+end leaves a task behind.
+
+Two figures per echoed signal. ``roundtrip`` comes from decoding each RTP packet the moment it
+is handed to the receiver, so it holds none of our own buffering. ``buffered_roundtrip`` finds
+the same signal in the frames aiortc's receive track delivers (after its jitter buffer and
+decoder thread): what a plain aiortc client would report. Their difference is our buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiortc import (
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpCodecParameters,
+    RTCSessionDescription,
+)
+from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+from aiortc.sdp import SessionDescription
+
+from probed.webrtc import stats as rtc_stats
+from probed.webrtc import whip
+from probed.webrtc.errors import WebRtcError
+from probed.webrtc.media import NoiseSource, PcmSource, ProbeAudioTrack, to_mono
+from probed.webrtc.signal import EchoDetector, EchoOutcome, Samples, chirp
+
+_POLL = 0.05  # how often pending signals are checked against the clock
+
+
+@dataclass(frozen=True)
+class SetupPhases:
+    """Seconds spent in each step of the last set-up; ``total`` is offer to connected."""
+
+    gather: float  # createOffer + setLocalDescription (aiortc gathers candidates here)
+    signaling: float  # WHIP POST until the 201
+    ice: float  # answer applied until ICE completed
+    dtls: float  # ICE completed until DTLS connected
+    total: float
+
+
+@dataclass(frozen=True)
+class EchoMeasurement:
+    signal_id: int
+    sent_ns: int
+    outcome: EchoOutcome
+    roundtrip: float | None  # seconds, signal onset out to its echo's packet arrival
+    buffered_roundtrip: float | None  # seconds, as seen after aiortc's receive buffering
+    correlation: float
+
+    @property
+    def client_buffering(self) -> float | None:
+        """Our own receive path's share of a plain aiortc client's figure."""
+        if self.roundtrip is None or self.buffered_roundtrip is None:
+            return None
+        return self.buffered_roundtrip - self.roundtrip
+
+
+def _munge_offer(sdp: str) -> str:
+    # RFC 9725 requires rtcp-mux-only in each bundled section; aiortc writes only rtcp-mux.
+    return sdp.replace("a=rtcp-mux\r\n", "a=rtcp-mux\r\na=rtcp-mux-only\r\n")
+
+
+def _audio_codecs(answer: str) -> dict[int, RTCRtpCodecParameters]:
+    parsed = SessionDescription.parse(answer)
+    return {
+        c.payloadType: c
+        for m in parsed.media
+        if m.kind == "audio"
+        for c in m.rtp.codecs
+        if c.payloadType is not None
+    }
+
+
+class _Progress:
+    """Set-up state from the peer's events: which phase we are in and what broke it."""
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        fail: Callable[[WebRtcError], None],
+        spawn: Callable[[Any], None],
+        drain: Callable[[MediaStreamTrack], Any],
+    ) -> None:
+        self.phase = "gather"
+        self.marks: dict[str, int] = {}
+        self.ice_done = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.broken: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._next = {"gather": "signaling", "signaling": "ice", "ice": "dtls", "dtls": "up"}
+
+        @pc.on("iceconnectionstatechange")
+        def _ice_state() -> None:
+            if pc.iceConnectionState == "completed":
+                self.ice_done.set()
+            elif pc.iceConnectionState == "failed":
+                self._break("ice_failed")
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                self.connected.set()
+            elif state in ("failed", "closed"):
+                if self.connected.is_set():
+                    fail(WebRtcError("connection_lost", f"connection state {state}"))
+                else:
+                    self._break("dtls_failed" if self.ice_done.is_set() else "ice_failed")
+
+        @pc.on("track")
+        def _on_track(track: MediaStreamTrack) -> None:
+            spawn(drain(track))
+
+    def _break(self, reason: str) -> None:
+        if not self.broken.done():
+            self.broken.set_result(reason)
+
+    def mark(self, phase: str) -> None:
+        self.marks[phase] = time.perf_counter_ns()
+        self.phase = self._next[phase]
+
+    async def until(self, event: asyncio.Event) -> None:
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait([waiter, self.broken], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not event.is_set():
+            raise WebRtcError(self.broken.result())
+
+
+class WebRtcSession:
+    """An aiortc peer that publishes audio over WHIP and measures what comes back.
+
+    Use as ``async with WebRtcSession(url) as s:`` (connect on entry, close on exit) or call
+    ``connect()`` / ``close()``. ``echoes()`` yields one EchoMeasurement per signal sent, ends
+    on close() and raises WebRtcError when the session is lost. ``stats()`` gives RTCP figures.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        token: str | None = None,
+        ice_servers: Sequence[RTCIceServer] = (),
+        source: PcmSource | None = None,
+        signal: Samples | None = None,
+        signal_interval: float = 1.0,
+        echo_window: float = 0.8,
+        gate: float = 0.6,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 5.0,
+        media_timeout: float = 3.0,
+        measure_buffered: bool = True,
+        http: aiohttp.ClientSession | None = None,
+        on_send_lateness: Callable[[float], None] = lambda _s: None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._token = token
+        self._ice_servers = list(ice_servers)
+        self._signal = chirp() if signal is None else signal
+        if echo_window + len(self._signal) / 48_000 >= signal_interval:
+            raise ValueError("echo_window plus the signal must fit inside signal_interval")
+        self._window = echo_window
+        self._gate = gate
+        self._connect_timeout = connect_timeout
+        self._request_timeout = request_timeout
+        self._media_timeout = media_timeout
+        self._measure_buffered = measure_buffered
+        self._own_http = http is None
+        self._http = http
+        self._track = ProbeAudioTrack(
+            source or NoiseSource(),
+            self._signal,
+            interval=signal_interval,
+            on_signal=self._signal_sent,
+            on_lateness=on_send_lateness,
+        )
+        self._pc: RTCPeerConnection | None = None
+        self._answer: whip.WhipAnswer | None = None
+        self._codecs: dict[int, RTCRtpCodecParameters] = {}
+        self._decoders: dict[int, Any] = {}
+        self._clock_rate = 48_000
+        self._direct: EchoDetector | None = None
+        self._buffered: EchoDetector | None = None
+        self._sent: list[tuple[int, int]] = []  # signals sent before the detectors existed
+        self._direct_done: dict[int, Any] = {}
+        self._buffered_done: dict[int, Any] = {}
+        self._results: asyncio.Queue[EchoMeasurement | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._failure: WebRtcError | None = None
+        self._failed = asyncio.Event()
+        self._closed = False
+        self.last_packet_ns: int | None = None
+        self.packets_tapped = 0
+        self.delete_result: str | None = "not_sent"
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> WebRtcSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    @property
+    def session_url(self) -> str | None:
+        return self._answer.session_url if self._answer else None
+
+    @property
+    def failure(self) -> WebRtcError | None:
+        return self._failure
+
+    @property
+    def track(self) -> ProbeAudioTrack:
+        return self._track
+
+    async def connect(self) -> SetupPhases:
+        """Offer, POST, apply the answer, wait for ICE and DTLS; or raise WebRtcError."""
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=self._ice_servers))
+        self._pc = pc
+        progress = _Progress(pc, self._fail, self._spawn, self._drain)
+        transceiver = pc.addTransceiver(self._track, direction="sendrecv")
+        self._tap(transceiver.receiver)
+        t0 = time.perf_counter_ns()
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await pc.setLocalDescription(await pc.createOffer())
+                progress.mark("gather")
+                async with asyncio.timeout(self._request_timeout):
+                    assert self._http is not None
+                    self._answer = await whip.post_offer(
+                        self._http,
+                        self._endpoint,
+                        _munge_offer(pc.localDescription.sdp),
+                        token=self._token,
+                    )
+                progress.mark("signaling")
+                await self._apply_answer(pc, self._answer.sdp)
+                await progress.until(progress.ice_done)
+                progress.mark("ice")
+                await progress.until(progress.connected)
+                progress.mark("dtls")
+        except TimeoutError:
+            await self._abort()
+            phase = progress.phase
+            reason = {"ice": "ice_timeout", "dtls": "dtls_timeout"}.get(phase, "timeout")
+            raise WebRtcError(reason, f"no progress in phase {phase}") from None
+        except BaseException:
+            await self._abort()
+            raise
+        self._spawn(self._watch())
+        marks = progress.marks
+        return SetupPhases(
+            gather=(marks["gather"] - t0) / 1e9,
+            signaling=(marks["signaling"] - marks["gather"]) / 1e9,
+            ice=(marks["ice"] - marks["signaling"]) / 1e9,
+            dtls=(marks["dtls"] - marks["ice"]) / 1e9,
+            total=(marks["dtls"] - t0) / 1e9,
+        )
+
+    async def _apply_answer(self, pc: RTCPeerConnection, sdp: str) -> None:
+        try:
+            self._codecs = _audio_codecs(sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise WebRtcError("bad_answer", type(exc).__name__) from exc
+        if not self._codecs:
+            raise WebRtcError("bad_answer", "no audio codec accepted")
+        self._clock_rate = next(iter(self._codecs.values())).clockRate or 48_000
+
+    # -- receive paths ------------------------------------------------------------------------
+
+    def _tap(self, receiver: Any) -> None:
+        """See every RTP packet as aiortc's transport hands it over, before the jitter buffer."""
+        original = receiver._handle_rtp_packet
+
+        async def tapped(packet: RtpPacket, arrival_time_ms: int) -> None:
+            arrived = time.perf_counter_ns()
+            self._on_packet(packet, arrived)
+            await original(packet, arrival_time_ms=arrival_time_ms)
+
+        # aiortc has no public hook for received packets; the transport looks this up per packet.
+        setattr(receiver, "_handle_rtp_packet", tapped)  # noqa: B010
+
+    def _on_packet(self, packet: RtpPacket, arrived: int) -> None:
+        self.last_packet_ns = arrived
+        self.packets_tapped += 1
+        codec = self._codecs.get(packet.payload_type)
+        if codec is None or not packet.payload:
+            return
+        decoder = self._decoders.get(packet.payload_type)
+        if decoder is None:
+            decoder = self._decoders[packet.payload_type] = get_decoder(codec)
+        try:
+            frames = decoder.decode(JitterFrame(data=packet.payload, timestamp=packet.timestamp))
+        except Exception:
+            return  # a corrupt packet is lost audio, not a crash
+        for frame in frames:
+            self._direct = self._feed(self._direct, frame, arrived)
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        # Consumed even when not measured: aiortc's track queue grows without bound otherwise.
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                if self._measure_buffered:
+                    self._buffered = self._feed(self._buffered, frame, time.perf_counter_ns())
+
+    def _feed(self, detector: EchoDetector | None, frame: Any, arrived: int) -> EchoDetector:
+        if detector is None:
+            rate = int(frame.sample_rate)
+            template = self._signal if rate == 48_000 else _resample(self._signal, rate)
+            detector = EchoDetector(
+                template, window=self._window, gate=self._gate, sample_rate=rate
+            )
+            for signal_id, sent_ns in self._sent:
+                detector.expect(signal_id, sent_ns)
+        detector.push(to_mono(frame), arrived)
+        return detector
+
+    def _signal_sent(self, signal_id: int, sent_ns: int) -> None:
+        self._sent.append((signal_id, sent_ns))
+        del self._sent[:-8]  # only for detectors made later; old ones are resolved by then
+        for detector in (self._direct, self._buffered):
+            if detector is not None:
+                detector.expect(signal_id, sent_ns)
+
+    # -- results ------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Resolve pending signals on the clock and notice a far end that stopped sending."""
+        while True:
+            await asyncio.sleep(_POLL)
+            now = time.perf_counter_ns()
+            self._collect(now)
+            last = self.last_packet_ns
+            quiet_since = last if last is not None else now
+            if (now - quiet_since) / 1e9 > self._media_timeout:
+                self._fail(WebRtcError("media_stalled", "no RTP from the far end"))
+                return
+
+    def _collect(self, now: int) -> None:
+        if self._direct is not None:
+            for d in self._direct.poll(now):
+                self._direct_done[d.signal_id] = d
+        if self._buffered is not None:
+            for d in self._buffered.poll(now):
+                self._buffered_done[d.signal_id] = d
+        for signal_id in sorted(self._direct_done):
+            direct = self._direct_done[signal_id]
+            buffered = self._buffered_done.get(signal_id)
+            # The buffered path lags ours by its buffering; give up on it a window later.
+            lagging = now < direct.sent_ns + int((2 * self._window + 1.0) * 1e9)
+            if self._measure_buffered and buffered is None and lagging:
+                break
+            del self._direct_done[signal_id]
+            self._buffered_done.pop(signal_id, None)
+            self._results.put_nowait(
+                EchoMeasurement(
+                    signal_id=signal_id,
+                    sent_ns=direct.sent_ns,
+                    outcome=direct.outcome,
+                    roundtrip=direct.roundtrip,
+                    buffered_roundtrip=buffered.roundtrip if buffered else None,
+                    correlation=direct.correlation,
+                )
+            )
+        # A buffered result whose direct twin was never expected would otherwise stay forever.
+        for stale in [k for k, v in self._buffered_done.items() if now - v.sent_ns > 10**10]:
+            del self._buffered_done[stale]
+
+    async def echoes(self) -> AsyncIterator[EchoMeasurement]:
+        while True:
+            if self._results.empty() and self._failure is not None:
+                raise self._failure
+            item = await self._results.get()
+            if item is None:
+                if self._failure is not None:
+                    raise self._failure
+                return
+            yield item
+
+    async def stats(self) -> rtc_stats.RtcpStats:
+        if self._pc is None:
+            raise RuntimeError("not connected")
+        report = await self._pc.getStats()
+        return rtc_stats.convert(dict(report), self._clock_rate)
+
+    async def wait_failed(self) -> WebRtcError:
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    def _fail(self, error: WebRtcError) -> None:
+        if self._failure is None and not self._closed:
+            self._failure = error
+            self._failed.set()
+            self._results.put_nowait(None)
+
+    # -- tear-down ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    async def _abort(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.close()
+
+    async def close(self) -> None:
+        """DELETE the WHIP session and close the peer; bounded, idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        self._results.put_nowait(None)
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        if self._answer is not None and self._http is not None:
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    self.delete_result = await whip.delete_session(
+                        self._http, self._answer.session_url, token=self._token
+                    )
+            except TimeoutError:
+                self.delete_result = "timeout"
+        if self._pc is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._request_timeout):
+                    await self._pc.close()
+        if self._own_http and self._http is not None:
+            await self._http.close()
+
+
+def _resample(signal: Samples, rate: int) -> Samples:
+    # Only narrowband codecs take this path; linear interpolation is enough for a 3 kHz chirp.
+    import numpy as np
+
+    n = round(len(signal) * rate / 48_000)
+    x = np.linspace(0, len(signal) - 1, n)
+    return np.interp(x, np.arange(len(signal)), signal).astype(np.float32)
