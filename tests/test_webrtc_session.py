@@ -167,3 +167,12 @@ async def test_bearer_token_is_sent() -> None:
         async with _session(guarded.url, token="s3cret") as session:
             assert session.session_url is not None
         assert guarded.deletes == 1
+
+
+async def test_far_end_that_never_sends_media_is_media_stalled(target: WhipTarget) -> None:
+    target.muted = True
+    async with _session(target.url, media_timeout=0.5) as session:
+        async with asyncio.timeout(bound(10)):
+            error = await session.wait_failed()
+    assert error.reason == "media_stalled"
+    assert session.packets_tapped == 0

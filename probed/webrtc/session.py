@@ -61,6 +61,7 @@ class EchoMeasurement:
     roundtrip: float | None  # seconds, signal onset out to its echo's packet arrival
     buffered_roundtrip: float | None  # seconds, as seen after aiortc's receive buffering
     correlation: float
+    arrived_ns: int | None = None  # perf_counter_ns of the echo's arrival (for taint checks)
 
     @property
     def client_buffering(self) -> float | None:
@@ -303,6 +304,13 @@ class WebRtcSession:
     def _on_packet(self, packet: RtpPacket, arrived: int) -> None:
         self.last_packet_ns = arrived
         self.packets_tapped += 1
+        try:
+            self._measure_packet(packet, arrived)
+        except Exception as exc:
+            # Raising here would end aiortc's receive loop, i.e. the whole session.
+            self._fail(WebRtcError("internal_error", type(exc).__name__))
+
+    def _measure_packet(self, packet: RtpPacket, arrived: int) -> None:
         codec = self._codecs.get(packet.payload_type)
         if codec is None or not packet.payload:
             return
@@ -322,7 +330,11 @@ class WebRtcSession:
             while True:
                 frame = await track.recv()
                 if self._measure_buffered:
-                    self._buffered = self._feed(self._buffered, frame, time.perf_counter_ns())
+                    try:
+                        self._buffered = self._feed(self._buffered, frame, time.perf_counter_ns())
+                    except Exception as exc:
+                        self._fail(WebRtcError("internal_error", type(exc).__name__))
+                        self._measure_buffered = False
 
     def _feed(self, detector: EchoDetector | None, frame: Any, arrived: int) -> EchoDetector:
         if detector is None:
@@ -347,12 +359,17 @@ class WebRtcSession:
 
     async def _watch(self) -> None:
         """Resolve pending signals on the clock and notice a far end that stopped sending."""
+        connected_ns = time.perf_counter_ns()
         while True:
             await asyncio.sleep(_POLL)
             now = time.perf_counter_ns()
-            self._collect(now)
+            try:
+                self._collect(now)
+            except Exception as exc:
+                self._fail(WebRtcError("internal_error", type(exc).__name__))
+                return
             last = self.last_packet_ns
-            quiet_since = last if last is not None else now
+            quiet_since = last if last is not None else connected_ns
             if (now - quiet_since) / 1e9 > self._media_timeout:
                 self._fail(WebRtcError("media_stalled", "no RTP from the far end"))
                 return
@@ -381,6 +398,7 @@ class WebRtcSession:
                     roundtrip=direct.roundtrip,
                     buffered_roundtrip=buffered.roundtrip if buffered else None,
                     correlation=direct.correlation,
+                    arrived_ns=direct.arrived_ns,
                 )
             )
         # A buffered result whose direct twin was never expected would otherwise stay forever.
