@@ -27,13 +27,24 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from probed.targets.control import HttpServer, Service, run_forever, url_host
+from probed.targets.control import (
+    HttpServer,
+    Service,
+    bad_request,
+    get_bool,
+    get_int,
+    get_number,
+    json_object,
+    run_forever,
+    url_host,
+)
 
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
 _SDP = "application/sdp"
 _PTIME = 0.020
+_FAULT_KEYS = frozenset({"echo", "mute", "answer", "refuse_status", "retry_after", "delay"})
 
 
 class EchoMode(enum.Enum):
@@ -176,6 +187,9 @@ class WhipTarget(Service):
         app.router.add_route("OPTIONS", "/whip", self._options)
         app.router.add_post("/whip", self._post)
         app.router.add_route("*", "/whip/session/{id}", self._session)
+        app.router.add_post("/-/fault", self._post_fault)
+        app.router.add_post("/-/heal", self._post_heal)
+        app.router.add_get("/-/status", self._get_status)
         self._http = HttpServer(app, host, port)
         self._sessions: dict[str, _Session] = {}
         self.answer = Answer.OK
@@ -205,6 +219,10 @@ class WhipTarget(Service):
     @property
     def sessions(self) -> int:
         return len(self._sessions)
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{url_host(self._host)}:{self.port}/-/"
 
     def refuse(self, status: int | None, retry_after: int | None = None) -> None:
         if status is not None and not 400 <= status <= 599:
@@ -304,6 +322,55 @@ class WhipTarget(Service):
         # Neither trickle nor ICE restart: a non-trickle client never sends PATCH.
         return web.Response(status=405, headers={"Allow": "GET, DELETE"})
 
+    def _status(self) -> web.Response:
+        return web.json_response(
+            {
+                "sessions": self.sessions,
+                "posts": self.posts,
+                "deletes": self.deletes,
+                "mode": self.mode.value,
+                "faults": {
+                    "echo": self.echo_enabled,
+                    "mute": self.muted,
+                    "answer": self.answer.value,
+                    "refuse_status": self.refuse_status,
+                    "retry_after": self.retry_after,
+                    "delay": self.delay,
+                },
+            }
+        )
+
+    async def _post_fault(self, request: web.Request) -> web.Response:
+        body = await json_object(request, _FAULT_KEYS)
+        # Validated in full before anything is applied: a 400 leaves the target as it was.
+        answer = self.answer
+        if "answer" in body:
+            try:
+                answer = Answer(body["answer"])
+            except ValueError:
+                bad_request(f"'answer' must be one of {[a.value for a in Answer]}")
+        status = get_int(body, "refuse_status") if "refuse_status" in body else self.refuse_status
+        retry = get_number(body, "retry_after") if "retry_after" in body else self.retry_after
+        delay = get_number(body, "delay", nullable=False) if "delay" in body else self.delay
+        echo = get_bool(body, "echo") if "echo" in body else self.echo_enabled
+        mute = get_bool(body, "mute") if "mute" in body else self.muted
+        try:
+            self.refuse(status, None if retry is None else round(retry))
+        except ValueError as exc:
+            bad_request(str(exc))
+        self.answer = answer
+        self.delay = float(delay or 0.0)
+        self.echo_enabled = echo
+        self.muted = mute
+        return self._status()
+
+    async def _post_heal(self, request: web.Request) -> web.Response:
+        self.heal()
+        return self._status()
+
+    async def _get_status(self, request: web.Request) -> web.Response:
+        return self._status()
+
     # -- media --------------------------------------------------------------------------------
 
     async def _pump(self, track: Any, echo: Any) -> None:
@@ -399,8 +466,8 @@ async def serve(args: argparse.Namespace) -> None:
             WhipTarget(args.host, args.port, delay=args.delay, mode=EchoMode(args.mode))
         )
         print(
-            f"WHIP target listening on {target.url} (mode {args.mode}, "
-            f"started in {time.monotonic() - started:.2f}s)",
+            f"WHIP target listening on {target.url} (mode {args.mode}, control: "
+            f"{target.control_url}, started in {time.monotonic() - started:.2f}s)",
             flush=True,
         )
         await run_forever()

@@ -103,3 +103,55 @@ async def test_refusal_carries_retry_after(target: WhipTarget) -> None:
 def test_refusal_status_must_be_an_error() -> None:
     with pytest.raises(ValueError, match="400"):
         WhipTarget().refuse(200)
+
+
+async def test_faults_over_http_apply_whole_or_not_at_all(target: WhipTarget) -> None:
+    async with aiohttp.ClientSession() as http:
+        fault = f"{target.control_url}fault"
+        async with http.post(fault, json={"echo": False, "answer": "no_location"}) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert body["faults"]["echo"] is False and body["faults"]["answer"] == "no_location"
+        assert not target.echo_enabled
+        async with http.post(fault, json={"mute": True, "refuse_status": 200}) as r:
+            assert r.status == 400
+        assert not target.muted  # the bad status kept the valid mute from applying
+        async with http.post(fault, json={"answer": "sideways"}) as r:
+            assert r.status == 400
+        async with http.post(fault, json={"refuse_status": 503, "retry_after": 2}) as r:
+            assert r.status == 200
+        assert (target.refuse_status, target.retry_after) == (503, 2)
+        async with http.post(f"{target.control_url}heal") as r:
+            assert (await r.json())["faults"]["refuse_status"] is None
+        async with http.get(f"{target.control_url}status") as r:
+            status = await r.json()
+    assert status["faults"]["echo"] is True and status["sessions"] == 0
+
+
+async def test_cli_serves_the_target() -> None:
+    import asyncio
+    import re
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "probed",
+        "target",
+        "whip",
+        "--mode",
+        "reflect",
+        "--loopback-ice",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        match = re.search(r"(http://127\.0\.0\.1:\d+/whip)", line)
+        assert match, line
+        async with aiohttp.ClientSession() as http, http.options(match.group(1)) as r:
+            assert r.status == 204
+    finally:
+        proc.terminate()
+        await proc.wait()
