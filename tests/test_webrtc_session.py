@@ -176,3 +176,15 @@ async def test_far_end_that_never_sends_media_is_media_stalled(target: WhipTarge
             error = await session.wait_failed()
     assert error.reason == "media_stalled"
     assert session.packets_tapped == 0
+
+
+async def test_plain_ingest_is_measured_without_echo() -> None:
+    async with WhipTarget(mode=EchoMode.NONE) as ingest:
+        async with _session(ingest.url, media_timeout=0.3) as session:
+            assert not session.echoing
+            async with asyncio.timeout(bound(10)):
+                while (stats := await session.stats()).rtt is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            assert session.failure is None  # silence from a recvonly peer is not a stall
+        assert stats.packets_sent > 0 and stats.inbound_packets_received == 0
+        assert ingest.deletes == 1

@@ -50,6 +50,7 @@ _FAULT_KEYS = frozenset({"echo", "mute", "answer", "refuse_status", "retry_after
 class EchoMode(enum.Enum):
     DECODE = "decode"
     REFLECT = "reflect"
+    NONE = "none"  # a plain WHIP ingest: answers recvonly and sends nothing back
 
 
 class Answer(enum.Enum):
@@ -270,7 +271,11 @@ class WhipTarget(Service):
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for transceiver in pc.getTransceivers():
-                if transceiver.kind == "audio":
+                if transceiver.kind != "audio":
+                    continue
+                if self.mode is EchoMode.NONE:
+                    transceiver.direction = "recvonly"
+                else:
                     transceiver.sender.replaceTrack(echo)
                     transceiver.direction = "sendrecv"
                     if self.mode is EchoMode.REFLECT:
@@ -446,7 +451,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=[m.value for m in EchoMode],
         default=EchoMode.DECODE.value,
-        help="decode: aiortc receive track and re-encode; reflect: send RTP payloads back as is",
+        help=(
+            "decode: aiortc receive track and re-encode; reflect: send RTP payloads back as"
+            " is; none: plain WHIP ingest (recvonly), nothing comes back"
+        ),
     )
     parser.add_argument(
         "--loopback-ice",

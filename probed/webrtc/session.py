@@ -87,6 +87,13 @@ def _audio_codecs(answer: str) -> dict[int, RTCRtpCodecParameters]:
     }
 
 
+def _answer_sends_audio(answer: str) -> bool:
+    parsed = SessionDescription.parse(answer)
+    return any(
+        m.kind == "audio" and m.direction in (None, "sendrecv", "sendonly") for m in parsed.media
+    )
+
+
 class _Progress:
     """Set-up state from the peer's events: which phase we are in and what broke it."""
 
@@ -209,6 +216,7 @@ class WebRtcSession:
         self.last_packet_ns: int | None = None
         self.packets_tapped = 0
         self.delete_result: str | None = "not_sent"
+        self.echoing = True  # False when the far end answered recvonly (set by connect)
 
     # -- set-up -------------------------------------------------------------------------------
 
@@ -285,6 +293,10 @@ class WebRtcSession:
             raise WebRtcError("bad_answer", type(exc).__name__) from exc
         if not self._codecs:
             raise WebRtcError("bad_answer", "no audio codec accepted")
+        # A plain WHIP ingest answers recvonly: nothing comes back, so no signal is sent, no
+        # echo expected and silence is not a stall; set-up and RTCP are still measured.
+        self.echoing = _answer_sends_audio(sdp)
+        self._track.enabled = self.echoing
         self._clock_rate = next(iter(self._codecs.values())).clockRate or 48_000
 
     # -- receive paths ------------------------------------------------------------------------
@@ -368,6 +380,8 @@ class WebRtcSession:
             except Exception as exc:
                 self._fail(WebRtcError("internal_error", type(exc).__name__))
                 return
+            if not self.echoing:
+                continue
             last = self.last_packet_ns
             quiet_since = last if last is not None else connected_ns
             if (now - quiet_since) / 1e9 > self._media_timeout:
