@@ -188,3 +188,17 @@ async def test_plain_ingest_is_measured_without_echo() -> None:
             assert session.failure is None  # silence from a recvonly peer is not a stall
         assert stats.packets_sent > 0 and stats.inbound_packets_received == 0
         assert ingest.deletes == 1
+
+
+@pytest.mark.parametrize("codec", ["audio/PCMU", "audio/G722"])
+async def test_narrowband_codec_echo_is_found(target: WhipTarget, codec: str) -> None:
+    async with _session(target.url, codecs=[codec]) as session:
+        [echo] = await _echoes(session, 1)
+    assert echo.outcome is EchoOutcome.OK
+    assert echo.correlation > 0.9
+    assert echo.roundtrip is not None and 0.1 <= echo.roundtrip < 0.1 + bound(0.1)
+
+
+def test_unknown_codec_preference_is_refused() -> None:
+    with pytest.raises(ValueError, match="codecs"):
+        _session("http://127.0.0.1:9/whip", codecs=["audio/unknown"])

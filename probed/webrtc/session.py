@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import av
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpCodecCapability,
     RTCRtpCodecParameters,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.codecs import get_decoder
@@ -37,7 +40,7 @@ from probed.webrtc import stats as rtc_stats
 from probed.webrtc import whip
 from probed.webrtc.errors import WebRtcError
 from probed.webrtc.media import NoiseSource, PcmSource, ProbeAudioTrack, to_mono
-from probed.webrtc.signal import EchoDetector, EchoOutcome, Samples, chirp
+from probed.webrtc.signal import SAMPLE_RATE, EchoDetector, EchoOutcome, Samples, chirp
 
 _POLL = 0.05  # how often pending signals are checked against the clock
 
@@ -85,6 +88,19 @@ def _audio_codecs(answer: str) -> dict[int, RTCRtpCodecParameters]:
         for c in m.rtp.codecs
         if c.payloadType is not None
     }
+
+
+def _codec_capabilities(names: Sequence[str]) -> list[RTCRtpCodecCapability]:
+    """Offer only these (e.g. "audio/PCMU"), in this order; aiortc's default offers Opus,
+    G.722, PCMU and PCMA."""
+    if not names:
+        return []
+    available = RTCRtpSender.getCapabilities("audio").codecs
+    wanted = [n.lower() for n in names]
+    chosen = [c for name in wanted for c in available if c.mimeType.lower() == name]
+    if not chosen:
+        raise ValueError(f"none of the codecs {list(names)} is supported by aiortc")
+    return chosen
 
 
 def _answer_sends_audio(answer: str) -> bool:
@@ -174,6 +190,7 @@ class WebRtcSession:
         request_timeout: float = 5.0,
         media_timeout: float = 3.0,
         measure_buffered: bool = True,
+        codecs: Sequence[str] = (),
         http: aiohttp.ClientSession | None = None,
         on_send_lateness: Callable[[float], None] = lambda _s: None,
     ) -> None:
@@ -189,6 +206,7 @@ class WebRtcSession:
         self._request_timeout = request_timeout
         self._media_timeout = media_timeout
         self._measure_buffered = measure_buffered
+        self._codec_preference = _codec_capabilities(codecs)
         self._own_http = http is None
         self._http = http
         self._track = ProbeAudioTrack(
@@ -202,6 +220,7 @@ class WebRtcSession:
         self._answer: whip.WhipAnswer | None = None
         self._codecs: dict[int, RTCRtpCodecParameters] = {}
         self._decoders: dict[int, Any] = {}
+        self._resamplers: dict[int, av.AudioResampler] = {}
         self._clock_rate = 48_000
         self._direct: EchoDetector | None = None
         self._buffered: EchoDetector | None = None
@@ -247,6 +266,8 @@ class WebRtcSession:
         self._pc = pc
         progress = _Progress(pc, self._fail, self._spawn, self._drain)
         transceiver = pc.addTransceiver(self._track, direction="sendrecv")
+        if self._codec_preference:
+            transceiver.setCodecPreferences(self._codec_preference)
         self._tap(transceiver.receiver)
         t0 = time.perf_counter_ns()
         try:
@@ -350,13 +371,23 @@ class WebRtcSession:
 
     def _feed(self, detector: EchoDetector | None, frame: Any, arrived: int) -> EchoDetector:
         if detector is None:
-            rate = int(frame.sample_rate)
-            template = self._signal if rate == 48_000 else _resample(self._signal, rate)
             detector = EchoDetector(
-                template, window=self._window, gate=self._gate, sample_rate=rate
+                self._signal, window=self._window, gate=self._gate, sample_rate=SAMPLE_RATE
             )
             for signal_id, sent_ns in self._sent:
                 detector.expect(signal_id, sent_ns)
+        if frame.sample_rate != SAMPLE_RATE:
+            # Narrowband codecs (G.711 at 8 kHz, G.722 at 16 kHz) are searched at 48 kHz too:
+            # at 8 kHz the peak can sit half a sample off, which costs a 3 kHz chirp most of
+            # its correlation. The resampler's own delay is about a millisecond.
+            resampler = self._resamplers.get(id(detector))
+            if resampler is None:
+                resampler = self._resamplers[id(detector)] = av.AudioResampler(
+                    format="s16", layout="mono", rate=SAMPLE_RATE
+                )
+            for converted in resampler.resample(frame):
+                detector.push(to_mono(converted), arrived)
+            return detector
         detector.push(to_mono(frame), arrived)
         return detector
 
@@ -480,12 +511,3 @@ class WebRtcSession:
                     await self._pc.close()
         if self._own_http and self._http is not None:
             await self._http.close()
-
-
-def _resample(signal: Samples, rate: int) -> Samples:
-    # Only narrowband codecs take this path; linear interpolation is enough for a 3 kHz chirp.
-    import numpy as np
-
-    n = round(len(signal) * rate / 48_000)
-    x = np.linspace(0, len(signal) - 1, n)
-    return np.interp(x, np.arange(len(signal)), signal).astype(np.float32)
