@@ -121,7 +121,11 @@ async def test_muted_far_end_is_media_stalled(target: WhipTarget) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [(Answer.MALFORMED, "bad_answer"), (Answer.NO_LOCATION, "no_location")],
+    [
+        (Answer.MALFORMED, "bad_answer"),
+        (Answer.MANGLED, "bad_answer"),
+        (Answer.NO_LOCATION, "no_location"),
+    ],
 )
 async def test_bad_answers_are_classified(target: WhipTarget, fault: Answer, reason: str) -> None:
     target.answer = fault

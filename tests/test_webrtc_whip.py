@@ -44,6 +44,14 @@ async def server() -> AsyncIterator[tuple[str, list[web.Request]]]:
         await gate.wait()
         return web.Response(status=500)
 
+    async def huge(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=201, headers={"Location": "/x"})
+        resp.content_type = "application/sdp"
+        await resp.prepare(request)
+        for _ in range(64):  # 1 MiB, more than any answer may be
+            await resp.write(b"v" * 16384)
+        return resp
+
     async def delete(request: web.Request) -> web.Response:
         seen.append(request)
         return web.Response(status=200)
@@ -53,6 +61,7 @@ async def server() -> AsyncIterator[tuple[str, list[web.Request]]]:
     app.router.add_post("/api/whip", created)
     app.router.add_post("/html", html)
     app.router.add_post("/slow", slow)
+    app.router.add_post("/huge", huge)
     app.router.add_delete("/api/sessions/abc", delete)
     http = HttpServer(app, "127.0.0.1", 0)
     await http.start()
@@ -84,6 +93,14 @@ async def test_non_sdp_answer_is_bad_answer(server: tuple[str, list[web.Request]
     async with aiohttp.ClientSession() as http:
         with pytest.raises(WebRtcError) as caught:
             await whip.post_offer(http, f"{base}/html", "v=0 offer", token=None)
+    assert caught.value.reason == "bad_answer"
+
+
+async def test_oversized_answer_is_bad_answer(server: tuple[str, list[web.Request]]) -> None:
+    base, _ = server
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(WebRtcError) as caught:
+            await whip.post_offer(http, f"{base}/huge", "v=0 offer", token=None)
     assert caught.value.reason == "bad_answer"
 
 

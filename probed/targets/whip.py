@@ -59,6 +59,7 @@ class Answer(enum.Enum):
     OK = "ok"
     MALFORMED = "malformed"  # 201 with a body that is not SDP
     NO_LOCATION = "no_location"  # 201 and a good answer, but no Location header
+    MANGLED = "mangled"  # an SDP answer without its DTLS fingerprint and ICE credentials
     NEVER_CONNECTS = "never_connects"  # a good answer whose peer is gone before ICE starts
 
 
@@ -285,6 +286,13 @@ class WhipTarget(Service):
             await self._close_session(session_id)
             return web.Response(status=400, text=f"cannot answer this offer: {exc}\n")
         answer = pc.localDescription.sdp
+        if self.answer is Answer.MANGLED:
+            await self._close_session(session_id)
+            answer = "".join(
+                line
+                for line in answer.splitlines(keepends=True)
+                if not line.startswith(("a=fingerprint", "a=ice-ufrag", "a=ice-pwd"))
+            )
         if self.answer is Answer.NEVER_CONNECTS:
             await self._close_session(session_id)
         headers = {"ETag": f'"{session_id}"'}

@@ -43,6 +43,7 @@ from probed.webrtc.media import NoiseSource, PcmSource, ProbeAudioTrack, to_mono
 from probed.webrtc.signal import SAMPLE_RATE, EchoDetector, EchoOutcome, Samples, chirp
 
 _POLL = 0.05  # how often pending signals are checked against the clock
+_MAX_UNREAD = 1000  # measurements kept for a consumer that is not reading echoes()
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,9 @@ class WebRtcSession:
         try:
             self._codecs = _audio_codecs(sdp)
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        except Exception as exc:
+            # aiortc's SDP handling raises ValueError, KeyError, IndexError, AttributeError and
+            # even AssertionError on mangled answers (fuzzed): all are the far end's fault.
             raise WebRtcError("bad_answer", type(exc).__name__) from exc
         if not self._codecs:
             raise WebRtcError("bad_answer", "no audio codec accepted")
@@ -435,6 +438,8 @@ class WebRtcSession:
                 break
             del self._direct_done[signal_id]
             self._buffered_done.pop(signal_id, None)
+            if self._results.qsize() >= _MAX_UNREAD:
+                self._results.get_nowait()  # nobody is reading: keep the newest
             self._results.put_nowait(
                 EchoMeasurement(
                     signal_id=signal_id,

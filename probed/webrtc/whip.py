@@ -14,6 +14,9 @@ from yarl import URL
 from probed.webrtc.errors import WebRtcError
 
 SDP = "application/sdp"
+# An audio answer with a full candidate list is a few KiB; a larger body is not an answer and
+# must not be buffered whole (a hostile or broken server could send gigabytes).
+MAX_ANSWER_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,17 @@ def looks_like_sdp(text: str) -> bool:
     return text.startswith("v=0") and "\nm=" in text
 
 
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise WebRtcError("bad_answer", f"response body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def post_offer(
     http: aiohttp.ClientSession,
     endpoint: str,
@@ -80,7 +94,7 @@ async def post_offer(
         async with http.post(
             endpoint, data=offer_sdp.encode(), headers=_headers(token, SDP)
         ) as resp:
-            body = await resp.read()
+            body = await _read_limited(resp, MAX_ANSWER_BYTES)
             status, location = resp.status, resp.headers.get("Location")
             content_type, answered_url = resp.content_type, resp.url
             etag = resp.headers.get("ETag")
@@ -107,8 +121,7 @@ async def delete_session(
     """
     try:
         async with http.delete(session_url, headers=_headers(token)) as resp:
-            await resp.read()
-            status = resp.status
+            status = resp.status  # the body is not read: leaving the block discards it
     except (aiohttp.ClientError, ValueError) as exc:
         return classify_client_error(exc).reason
     return None if 200 <= status < 300 else _http_status_reason(status)
