@@ -206,3 +206,13 @@ async def test_narrowband_codec_echo_is_found(target: WhipTarget, codec: str) ->
 def test_unknown_codec_preference_is_refused() -> None:
     with pytest.raises(ValueError, match="codecs"):
         _session("http://127.0.0.1:9/whip", codecs=["audio/unknown"])
+
+
+async def test_far_end_closing_the_peer_is_connection_lost(target: WhipTarget) -> None:
+    async with _session(target.url, media_timeout=5.0) as session:
+        await _echoes(session, 1)
+        await target.drop_sessions()
+        async with asyncio.timeout(bound(10)):
+            error = await session.wait_failed()
+    assert error.reason == "connection_lost"
+    assert session.delete_result == "http_404"  # the far end had already forgotten it

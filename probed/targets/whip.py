@@ -232,6 +232,11 @@ class WhipTarget(Service):
         self.refuse_status = status
         self.retry_after = retry_after
 
+    async def drop_sessions(self) -> None:
+        """End every session from this side (a media server restarting under its peers)."""
+        for session_id in list(self._sessions):
+            await self._close_session(session_id)
+
     def heal(self) -> None:
         self.answer = Answer.OK
         self.refuse(None)
