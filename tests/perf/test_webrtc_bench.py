@@ -72,7 +72,7 @@ def _summary(name: str, values: list[float]) -> str:
     )
 
 
-async def _roundtrips(url: str, count: int) -> tuple[list[float], list[float], int]:
+async def _roundtrips(url: str, count: int) -> tuple[list[float], list[float], int, str]:
     trips: list[float] = []
     buffered: list[float] = []
     failed = 0
@@ -86,7 +86,14 @@ async def _roundtrips(url: str, count: int) -> tuple[list[float], list[float], i
                 failed += 1
             if m.signal_id >= count:
                 break
-    return trips, buffered, failed
+        st = await session.stats()
+    rtcp = (
+        f"RTCP rtt={st.rtt and st.rtt * 1e3:.2f} ms jitter(far end)="
+        f"{st.jitter and st.jitter * 1e3:.2f} ms jitter(ours)="
+        f"{st.inbound_jitter and st.inbound_jitter * 1e3:.2f} ms lost={st.packets_lost}/"
+        f"{st.inbound_packets_lost}"
+    )
+    return trips, buffered, failed, rtcp
 
 
 async def test_roundtrip_base_and_spread() -> None:
@@ -94,12 +101,12 @@ async def test_roundtrip_base_and_spread() -> None:
     for mode in ("reflect", "decode"):
         args = ("whip", "--loopback-ice", "--mode", mode, "--delay", str(DELAY))
         async with _target(*args) as url:
-            trips, buffered, failed = await _roundtrips(url, 30)
+            trips, buffered, failed, rtcp = await _roundtrips(url, 30)
         lines.append(_summary(f"{mode}: probe base (rt - delay)", trips))
         lines.append(_summary(f"{mode}: plain aiortc base", buffered))
         diffs = [b - t for t, b in zip(trips, buffered, strict=False)]
         lines.append(_summary(f"{mode}: client buffering", diffs))
-        lines.append(f"{mode}: signals without a round trip: {failed}")
+        lines.append(f"{mode}: signals without a round trip: {failed}; {rtcp}")
         assert failed == 0
         assert statistics.median(trips) >= 0
     print("\n" + "\n".join(lines))
@@ -135,13 +142,16 @@ async def test_event_loop_lag_beside_webrtc_sessions() -> None:
             for s in runners:
                 await s.connect()
             sampler = asyncio.create_task(monitor.run())
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             try:
                 rtts = await _ws_rtts(ws_url, 10.0)
+                cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
             finally:
                 sampler.cancel()
                 await asyncio.wait([sampler])
                 for s in runners:
                     await s.close()
+            lines.append(f"{sessions} WebRTC session(s): process CPU {cpu * 100:.1f}% of one core")
             lines.append(_summary(f"{sessions} WebRTC session(s): loop lag", lags))
             lines.append(
                 f"{'':<34} lag p99={_pct(lags, 0.99) * 1e3:5.1f} ms max={max(lags) * 1e3:5.1f} ms"
