@@ -40,7 +40,14 @@ from probed.webrtc import stats as rtc_stats
 from probed.webrtc import whip
 from probed.webrtc.errors import WebRtcError
 from probed.webrtc.media import NoiseSource, PcmSource, ProbeAudioTrack, to_mono
-from probed.webrtc.signal import SAMPLE_RATE, EchoDetector, EchoOutcome, Samples, chirp
+from probed.webrtc.signal import (
+    SAMPLE_RATE,
+    Detection,
+    EchoDetector,
+    EchoOutcome,
+    Samples,
+    chirp,
+)
 
 _POLL = 0.05  # how often pending signals are checked against the clock
 _MAX_UNREAD = 1000  # measurements kept for a consumer that is not reading echoes()
@@ -225,9 +232,11 @@ class WebRtcSession:
         self._clock_rate = 48_000
         self._direct: EchoDetector | None = None
         self._buffered: EchoDetector | None = None
-        self._sent: list[tuple[int, int]] = []  # signals sent before the detectors existed
-        self._direct_done: dict[int, Any] = {}
-        self._buffered_done: dict[int, Any] = {}
+        # The latest signals sent, replayed into a detector made after they left (detectors
+        # are made on the first audio to arrive).
+        self._sent: list[tuple[int, int]] = []
+        self._direct_done: dict[int, Detection] = {}
+        self._buffered_done: dict[int, Detection] = {}
         self._results: asyncio.Queue[EchoMeasurement | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._failure: WebRtcError | None = None
@@ -396,7 +405,7 @@ class WebRtcSession:
 
     def _signal_sent(self, signal_id: int, sent_ns: int) -> None:
         self._sent.append((signal_id, sent_ns))
-        del self._sent[:-8]  # only for detectors made later; old ones are resolved by then
+        del self._sent[:-8]
         for detector in (self._direct, self._buffered):
             if detector is not None:
                 detector.expect(signal_id, sent_ns)
