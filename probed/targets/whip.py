@@ -194,6 +194,7 @@ class WhipTarget(Service):
         app.router.add_get("/-/status", self._get_status)
         self._http = HttpServer(app, host, port)
         self._sessions: dict[str, _Session] = {}
+        self._closers: set[asyncio.Future[None]] = set()
         self.answer = Answer.OK
         self.refuse_status: int | None = None
         self.retry_after: int | None = None
@@ -206,8 +207,9 @@ class WhipTarget(Service):
         await self._http.start()
 
     async def stop(self) -> None:
-        for session_id in list(self._sessions):
-            await self._close_session(session_id)
+        await self.drop_sessions()
+        if self._closers:
+            await asyncio.wait(self._closers)
         await self._http.stop()
 
     @property
@@ -274,6 +276,15 @@ class WhipTarget(Service):
         def _on_track(track: Any) -> None:
             session.tasks.append(asyncio.ensure_future(self._pump(track, echo)))
 
+        @pc.on("connectionstatechange")
+        def _on_state() -> None:
+            # A client that vanished without DELETE is noticed by ICE consent freshness; its
+            # session is dropped then, so a long-running target does not collect dead peers.
+            if pc.connectionState in ("failed", "closed") and session_id in self._sessions:
+                closer = asyncio.ensure_future(self._close_session(session_id))
+                self._closers.add(closer)
+                closer.add_done_callback(self._closers.discard)
+
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for transceiver in pc.getTransceivers():
@@ -287,7 +298,8 @@ class WhipTarget(Service):
                     if self.mode is EchoMode.REFLECT:
                         self._reflect(transceiver.receiver, echo, _clock_rates(offer))
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except Exception as exc:
+            # aiortc rejects mangled SDP with assorted exception types; all are the client's.
             await self._close_session(session_id)
             return web.Response(status=400, text=f"cannot answer this offer: {exc}\n")
         answer = pc.localDescription.sdp

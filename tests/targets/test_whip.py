@@ -63,6 +63,27 @@ async def test_post_creates_a_session_that_delete_ends(target: WhipTarget) -> No
     assert target.sessions == 0 and target.deletes == 1
 
 
+async def test_peer_gone_without_delete_is_dropped(target: WhipTarget) -> None:
+    from aiortc import RTCSessionDescription
+
+    from tests.conftest import wait_until
+
+    pc, offer = await _offer()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(target.url, data=offer, headers={"Content-Type": SDP}) as r,
+        ):
+            answer = await r.text()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await wait_until(lambda: pc.connectionState == "connected", what="peer connected")
+        assert target.sessions == 1
+    finally:
+        await pc.close()  # no DELETE: the target learns it from the transport
+    await wait_until(lambda: target.sessions == 0, what="target dropped the dead session")
+    assert target.deletes == 0
+
+
 async def test_options_advertises_sdp(target: WhipTarget) -> None:
     async with aiohttp.ClientSession() as http, http.options(target.url) as r:
         assert r.status == 204
