@@ -93,6 +93,12 @@ async def test_connect_returns_phases_that_add_up(target: WhipTarget) -> None:
         phases = await session.connect()
     finally:
         await session.close()
+    # No ICE servers by default: host candidates only, nothing leaves the machine.
+    assert session._pc is not None
+    candidates = [
+        line for line in session._pc.localDescription.sdp.splitlines() if "a=candidate" in line
+    ]
+    assert candidates and all("typ host" in c and "127.0.0.1" in c for c in candidates)
     parts = phases.gather + phases.signaling + phases.ice + phases.dtls
     assert parts == pytest.approx(phases.total, abs=1e-6)
     assert all(p >= 0 for p in (phases.gather, phases.signaling, phases.ice, phases.dtls))
@@ -216,3 +222,11 @@ async def test_far_end_closing_the_peer_is_connection_lost(target: WhipTarget) -
             error = await session.wait_failed()
     assert error.reason == "connection_lost"
     assert session.delete_result == "http_404"  # the far end had already forgotten it
+
+
+async def test_garbage_payloads_from_the_far_end_are_survived(target: WhipTarget) -> None:
+    target.garble = True
+    async with _session(target.url) as session:
+        echoes = await _echoes(session, 2)
+        assert session.failure is None
+    assert all(m.outcome is not EchoOutcome.OK and m.roundtrip is None for m in echoes)

@@ -6,9 +6,9 @@ decoder thread), then re-encode; its base latency is the far end of a typical We
 measures against it is the probe's own path plus the added ``delay``.
 
 Faults for rehearsing failure handling: refuse with a status (503 + Retry-After), a malformed
-answer, a 201 without Location, an answer whose peer never connects, echo off (silence comes
-back) and mute (no media at all). aiortc is imported lazily so that `probed --help` works
-without the webrtc extra.
+or mangled answer, a 201 without Location, an answer whose peer never connects, echo off
+(silence comes back), mute (no media at all) and garble (reflect mode: random payload bytes).
+aiortc is imported lazily so that `probed --help` works without the webrtc extra.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import enum
 import fractions
 import math
+import os
 import time
 import uuid
 from collections import deque
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 
 _SDP = "application/sdp"
 _PTIME = 0.020
-_FAULT_KEYS = frozenset({"echo", "mute", "answer", "refuse_status", "retry_after", "delay"})
+_FAULT_KEYS = frozenset(
+    {"echo", "mute", "garble", "answer", "refuse_status", "retry_after", "delay"}
+)
 
 
 class EchoMode(enum.Enum):
@@ -200,6 +203,7 @@ class WhipTarget(Service):
         self.retry_after: int | None = None
         self.echo_enabled = True
         self.muted = False
+        self.garble = False  # reflect mode: random bytes instead of each payload
         self.posts = 0
         self.deletes = 0
 
@@ -244,6 +248,7 @@ class WhipTarget(Service):
         self.refuse(None)
         self.echo_enabled = True
         self.muted = False
+        self.garble = False
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -362,6 +367,7 @@ class WhipTarget(Service):
                 "faults": {
                     "echo": self.echo_enabled,
                     "mute": self.muted,
+                    "garble": self.garble,
                     "answer": self.answer.value,
                     "refuse_status": self.refuse_status,
                     "retry_after": self.retry_after,
@@ -384,6 +390,7 @@ class WhipTarget(Service):
         delay = get_number(body, "delay", nullable=False) if "delay" in body else self.delay
         echo = get_bool(body, "echo") if "echo" in body else self.echo_enabled
         mute = get_bool(body, "mute") if "mute" in body else self.muted
+        garble = get_bool(body, "garble") if "garble" in body else self.garble
         try:
             self.refuse(status, None if retry is None else round(retry))
         except ValueError as exc:
@@ -392,6 +399,7 @@ class WhipTarget(Service):
         self.delay = float(delay or 0.0)
         self.echo_enabled = echo
         self.muted = mute
+        self.garble = garble
         return self._status()
 
     async def _post_heal(self, request: web.Request) -> web.Response:
@@ -429,7 +437,10 @@ class WhipTarget(Service):
             step = (packet.timestamp - last_ts[0]) & 0xFFFFFFFF if last_ts else round(rate * _PTIME)
             last_ts[:] = [packet.timestamp]
             if packet.payload and 0 < step <= rate:
-                echo.put(loop.time() + self.delay, (packet.payload, step, rate))
+                payload = packet.payload
+                if self.garble:
+                    payload = os.urandom(len(payload))
+                echo.put(loop.time() + self.delay, (payload, step, rate))
             await original(packet, arrival_time_ms=arrival_time_ms)
 
         setattr(receiver, "_handle_rtp_packet", tapped)  # noqa: B010

@@ -301,7 +301,11 @@ class WebRtcSession:
         except TimeoutError:
             await self._abort()
             phase = progress.phase
-            reason = {"ice": "ice_timeout", "dtls": "dtls_timeout"}.get(phase, "timeout")
+            reason = {
+                "gather": "gather_timeout",
+                "ice": "ice_timeout",
+                "dtls": "dtls_timeout",
+            }.get(phase, "timeout")
             raise WebRtcError(reason, f"no progress in phase {phase}") from None
         except BaseException:
             await self._abort()
