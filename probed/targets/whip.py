@@ -500,6 +500,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "probed target whip needs the webrtc extra: pip install 'probed[webrtc]'"
+        ) from None
     started = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         if args.loopback_ice:
