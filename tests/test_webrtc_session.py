@@ -230,3 +230,12 @@ async def test_garbage_payloads_from_the_far_end_are_survived(target: WhipTarget
         echoes = await _echoes(session, 2)
         assert session.failure is None
     assert all(m.outcome is not EchoOutcome.OK and m.roundtrip is None for m in echoes)
+
+
+async def test_wrong_dtls_fingerprint_is_dtls_failed(target: WhipTarget) -> None:
+    target.answer = Answer.WRONG_FINGERPRINT
+    session = _session(target.url, connect_timeout=5.0)
+    async with asyncio.timeout(bound(15)):
+        with pytest.raises(WebRtcError) as caught:
+            await session.connect()
+    assert caught.value.reason == "dtls_failed"

@@ -20,6 +20,7 @@ import enum
 import fractions
 import math
 import os
+import re
 import time
 import uuid
 from collections import deque
@@ -63,6 +64,7 @@ class Answer(enum.Enum):
     MALFORMED = "malformed"  # 201 with a body that is not SDP
     NO_LOCATION = "no_location"  # 201 and a good answer, but no Location header
     MANGLED = "mangled"  # an SDP answer without its DTLS fingerprint and ICE credentials
+    WRONG_FINGERPRINT = "wrong_fingerprint"  # ICE connects, DTLS cannot verify the peer
     NEVER_CONNECTS = "never_connects"  # a good answer whose peer is gone before ICE starts
 
 
@@ -314,6 +316,12 @@ class WhipTarget(Service):
                 line
                 for line in answer.splitlines(keepends=True)
                 if not line.startswith(("a=fingerprint", "a=ice-ufrag", "a=ice-pwd"))
+            )
+        if self.answer is Answer.WRONG_FINGERPRINT:
+            answer = re.sub(
+                r"(a=fingerprint:\S+ )([0-9A-Fa-f:]+)",
+                lambda m: m.group(1) + ":".join(["00"] * len(m.group(2).split(":"))),
+                answer,
             )
         if self.answer is Answer.NEVER_CONNECTS:
             await self._close_session(session_id)
