@@ -10,10 +10,11 @@ import asyncio
 import fractions
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import numpy as np
+import numpy.typing as npt
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from probed.webrtc.signal import SAMPLE_RATE, Samples
@@ -41,12 +42,17 @@ class NoiseSource:
 
 
 class LoopedPcm:
-    """Plays a clip over and over (a decoded fixture, for example)."""
+    """Plays a clip over and over (a decoded fixture, for example).
 
-    def __init__(self, pcm: Samples) -> None:
+    ``pcm`` is mono float in [-1, 1] at ``sample_rate``; other rates are converted to 48 kHz
+    once, here, with ffmpeg's resampler (already present as aiortc's codec library).
+    """
+
+    def __init__(self, pcm: npt.NDArray[np.floating[Any]], sample_rate: int = SAMPLE_RATE) -> None:
         if len(pcm) == 0:
             raise ValueError("empty clip")
-        self._pcm = pcm.astype(np.float32)
+        mono = np.asarray(pcm, dtype=np.float32)
+        self._pcm = mono if sample_rate == SAMPLE_RATE else to_48k(mono, sample_rate)
         self._pos = 0
 
     def read(self, samples: int) -> Samples:
@@ -142,6 +148,17 @@ class ProbeAudioTrack(MediaStreamTrack):
             if self._signal_pos >= len(self._signal):
                 self._signal_pos = None
         return pcm, onset
+
+
+def to_48k(pcm: Samples, sample_rate: int) -> Samples:
+    """Mono float PCM at any rate, resampled to 48 kHz."""
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="flt", layout="mono")
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    frame.time_base = fractions.Fraction(1, sample_rate)
+    out = [to_mono(f) for f in [*resampler.resample(frame), *resampler.resample(None)]]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 def to_mono(frame: av.AudioFrame) -> Samples:
