@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import sys
 from collections.abc import Coroutine, Sequence
@@ -91,8 +92,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from probed import probes
-    from probed.metrics import ProbeMetrics
+    from probed import kinds
 
     config = _load(args.config)
     if config is None:
@@ -106,10 +106,10 @@ def cmd_once(args: argparse.Namespace) -> int:
     async def main() -> bool:
         ok = True
         for cfg in selected:
-            metrics = ProbeMetrics(cfg.name, kind=cfg.kind, target=cfg.target)
+            metrics = kinds.new_metrics(cfg)
             log = logs.get(probe=cfg.name)
-            log.info("probing", target=cfg.target)
-            passed = await probes.build(cfg, metrics, log).once()
+            log.info("probing", kind=cfg.kind, target=cfg.target)
+            passed = await kinds.build(cfg, metrics, log).once()
             (log.info if passed else log.error)("result", success=passed)
             ok = ok and passed
         return ok
@@ -137,9 +137,23 @@ def _json_logs(args: argparse.Namespace) -> bool | None:
     return {"auto": None, "json": True, "console": False}[args.log_format]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probed.targets import echo, proxy, whip
+# Reference targets, imported only when `probed target ...` runs: the daemon and `check` never
+# load them (nor aiohttp's server side, for check).
+TARGETS: dict[str, tuple[str, str]] = {
+    "echo": ("probed.targets.echo", "WebSocket echo server with fault controls"),
+    "proxy": ("probed.targets.proxy", "fault-injecting TCP proxy with a control endpoint"),
+    "pubsub": (
+        "probed.targets.pubsub",
+        "pub/sub rooms with acks, broadcast, delivery faults and ground truth",
+    ),
+    "whip": (
+        "probed.targets.whip",
+        "WHIP endpoint echoing WebRTC audio, with faults (needs the webrtc extra)",
+    ),
+}
 
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed",
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
@@ -183,16 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     demo.set_defaults(func=cmd_demo)
 
-    target = add("target", "run a reference target")
+    target = add("target", "run a reference target (" + ", ".join(TARGETS) + ")")
     kinds = target.add_subparsers(dest="target", required=True)
-    for name, module, text in (
-        ("echo", echo, "WebSocket echo server with fault controls"),
-        ("proxy", proxy, "fault-injecting TCP proxy with a control endpoint"),
-        ("whip", whip, "WHIP endpoint echoing WebRTC audio (needs the webrtc extra)"),
-    ):
+    for name, (module_name, text) in TARGETS.items():
         p = add(name, text, kinds)
-        module.add_arguments(p)
-        p.set_defaults(func=cmd_target, serve=module.serve)
+        if "target" in argv:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(func=cmd_target, serve=module.serve)
 
     add("version", "print the version").set_defaults(
         func=lambda _a: print(f"probed {__version__}") or 0
@@ -201,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     code: int = args.func(args)
     return code

@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from probed import logs, probes
+from probed import kinds, logs
 from probed.config import Config, ConfigError, ProbeConfig, load_config
 from probed.http import start_http
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
@@ -169,13 +169,7 @@ class Daemon:
 
     def _start_probe(self, cfg: ProbeConfig) -> None:
         assert self._tg is not None
-        metrics = ProbeMetrics(
-            cfg.name,
-            kind=cfg.kind,
-            target=cfg.target,
-            slo_thresholds=probes.slo_thresholds(cfg),
-            tainted=self.lag.tainted,
-        )
+        metrics = kinds.new_metrics(cfg, self.lag.tainted)
         self.exposition.add(metrics)
         self.metrics.probe_restarts.labels(cfg.name)
         task = self._tg.create_task(self._supervise(cfg, metrics), name=f"probe:{cfg.name}")
@@ -191,16 +185,17 @@ class Daemon:
         loop = asyncio.get_running_loop()
         log = logs.get(probe=cfg.name, kind=cfg.kind)
         # Stagger starts so a thousand probes do not dial in the same millisecond.
-        await asyncio.sleep(random.uniform(0, min(cfg.interval, 1.0)))
+        await asyncio.sleep(random.uniform(0, cfg.stagger))
         delay = _RESTART_INITIAL
         while True:
             started = loop.time()
             try:
-                await probes.build(cfg, metrics, log).run()
+                await kinds.build(cfg, metrics, log).run()
             except Exception:
                 if loop.time() - started > _RESTART_RESET_AFTER:
                     delay = _RESTART_INITIAL
                 self.metrics.probe_restarts.labels(cfg.name).inc()
+                metrics.status.error("probe crashed", "crash")
                 log.exception("probe crashed; restarting", restart_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RESTART_MAX)

@@ -5,13 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian packages the tests drive for real: promtool (prometheus), a CONNECT proxy (tinyproxy).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "== installing Debian's prometheus package (promtool)"
+    echo "== installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Packaged services start on install; the tests run their own copies on free ports.
+    for unit in "${missing[@]}"; do systemctl stop "$unit" >/dev/null 2>&1 || true; done
   else
-    echo "promtool not found: run as root, or: sudo apt-get install prometheus" >&2
+    echo "missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1
   fi
 fi
