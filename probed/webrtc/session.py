@@ -33,7 +33,7 @@ from aiortc import (
 from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpRrPacket, RtcpSrPacket, RtpPacket
 from aiortc.sdp import SessionDescription
 
 from probed.webrtc import stats as rtc_stats
@@ -51,6 +51,7 @@ from probed.webrtc.signal import (
 
 _POLL = 0.05  # how often pending signals are checked against the clock
 _MAX_UNREAD = 1000  # measurements kept for a consumer that is not reading echoes()
+_SR_KEPT = 16  # sender reports remembered for matching (one goes out every 0.5-1.5 s)
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class WebRtcSession:
         codecs: Sequence[str] = (),
         http: aiohttp.ClientSession | None = None,
         on_send_lateness: Callable[[float], None] = lambda _s: None,
+        on_rtt: Callable[[float], None] = lambda _s: None,
     ) -> None:
         self._endpoint = endpoint
         self._token = token
@@ -216,6 +218,7 @@ class WebRtcSession:
         self._measure_buffered = measure_buffered
         self._codec_preference = _codec_capabilities(codecs)
         self._own_http = http is None
+        self._on_rtt = on_rtt
         self._http = http
         self._track = ProbeAudioTrack(
             source or NoiseSource(),
@@ -244,6 +247,8 @@ class WebRtcSession:
         self._closed = False
         self.last_packet_ns: int | None = None
         self.packets_tapped = 0
+        self.rtt_samples = 0
+        self._sr_sent: dict[int, int] = {}  # our sender reports: LSR -> perf_counter_ns sent
         self.delete_result: str | None = "not_sent"
         self.echoing = True  # False when the far end answered recvonly (set by connect)
 
@@ -279,6 +284,7 @@ class WebRtcSession:
         if self._codec_preference:
             transceiver.setCodecPreferences(self._codec_preference)
         self._tap(transceiver.receiver)
+        self._tap_rtcp(transceiver.sender)
         t0 = time.perf_counter_ns()
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -349,6 +355,50 @@ class WebRtcSession:
 
         # aiortc has no public hook for received packets; the transport looks this up per packet.
         setattr(receiver, "_handle_rtp_packet", tapped)  # noqa: B010
+
+    def _tap_rtcp(self, sender: Any) -> None:
+        """Each RTCP report block on our stream is one round-trip sample (RFC 3550 6.4.1).
+
+        aiortc's own roundTripTime is an EWMA of these; a histogram wants the samples. The
+        formula's "LSR" is taken as our sender report's send time on our own monotonic clock:
+        aiortc stamps a report with the NTP time of the last RTP packet, up to a packet time
+        before the report leaves, so LSR itself would add up to 20 ms to every sample.
+        """
+        original_receive = sender._handle_rtcp_packet
+        original_send = sender._send_rtcp
+
+        async def received(packet: Any) -> None:
+            try:
+                self._rtcp_rtt(packet, sender._ssrc, time.perf_counter_ns())
+            except Exception as exc:
+                self._fail(WebRtcError("internal_error", type(exc).__name__))
+            await original_receive(packet)
+
+        async def sending(packets: list[Any]) -> None:
+            now = time.perf_counter_ns()
+            for packet in packets:
+                if isinstance(packet, RtcpSrPacket):
+                    lsr = (packet.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+                    self._sr_sent[lsr] = now
+                    while len(self._sr_sent) > _SR_KEPT:
+                        del self._sr_sent[next(iter(self._sr_sent))]
+            await original_send(packets)
+
+        setattr(sender, "_handle_rtcp_packet", received)  # noqa: B010
+        setattr(sender, "_send_rtcp", sending)  # noqa: B010
+
+    def _rtcp_rtt(self, packet: Any, ssrc: int, arrived_ns: int) -> None:
+        if not isinstance(packet, RtcpRrPacket | RtcpSrPacket):
+            return
+        for report in packet.reports:
+            sent_ns = self._sr_sent.get(report.lsr) if report.ssrc == ssrc else None
+            if sent_ns is None:
+                continue  # lsr 0 (no report from us seen yet) or one we no longer remember
+            rtt = (arrived_ns - sent_ns) / 1e9 - report.dlsr / 65536
+            # DLSR has a resolution of 1/65536 s: a loopback sample may come out a hair below 0.
+            if rtt > -0.001:
+                self.rtt_samples += 1
+                self._on_rtt(max(rtt, 0.0))
 
     def _on_packet(self, packet: RtpPacket, arrived: int) -> None:
         self.last_packet_ns = arrived
