@@ -179,9 +179,21 @@ class _Progress:
 class WebRtcSession:
     """An aiortc peer that publishes audio over WHIP and measures what comes back.
 
-    Use as ``async with WebRtcSession(url) as s:`` (connect on entry, close on exit) or call
-    ``connect()`` / ``close()``. ``echoes()`` yields one EchoMeasurement per signal sent, ends
-    on close() and raises WebRtcError when the session is lost. ``stats()`` gives RTCP figures.
+    One instance is one connection attempt: after close() (or a failed connect(), which closes)
+    make a new one. Use as ``async with WebRtcSession(url) as s:`` or call ``connect()`` /
+    ``close()``.
+
+    - ``connect()`` returns SetupPhases or raises WebRtcError (bounded ``reason``).
+    - ``echoes()`` yields one EchoMeasurement per signal sent (OK with a round trip, or
+      NO_ECHO / WEAK_MATCH / NO_MEDIA without one); it ends on close() and raises WebRtcError
+      when the session is lost (``connection_lost``, ``media_stalled``). ``wait_failed()``
+      waits for the same failure without consuming echoes.
+    - ``on_rtt`` gets each raw RTCP round trip; ``stats()`` gives aiortc's figures in seconds.
+    - ``on_send_lateness`` gets how late each 20 ms frame left against its deadline.
+    - ``echoing`` is False when the far end answered recvonly (a plain ingest): then no signal
+      is sent and only set-up and RTCP are measured.
+
+    ``echo_window`` bounds the round trip that can be measured: a later echo is NO_ECHO.
     """
 
     def __init__(
