@@ -161,3 +161,111 @@ async def test_event_loop_lag_beside_webrtc_sessions() -> None:
                 f"{'':<34} RTT p99={_pct(rtts, 0.99) * 1e3:5.1f} ms max={max(rtts) * 1e3:5.1f} ms"
             )
     print("\n" + "\n".join(lines))
+
+
+async def _plain_aiortc_client(url: str, count: int) -> list[float]:
+    """A client made only of aiortc's public API and numpy, for comparison.
+
+    It sends a chirp every 0.5 s on a paced track, reads the echo from aiortc's receive track
+    (after its jitter buffer and decoder thread) and times the onset when the frame holding it
+    is delivered, plus its offset inside that frame. It shares no code with WebRtcSession
+    beyond the chirp's samples.
+    """
+    import fractions
+
+    import av
+    import numpy as np
+    import numpy.typing as npt
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from probed.webrtc.signal import chirp
+
+    sig = chirp()
+    sent: list[int] = []
+
+    class ChirpTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self.t0 = time.perf_counter_ns()
+
+        async def recv(self) -> av.AudioFrame:
+            due = self.t0 + self.n * 20_000_000
+            await asyncio.sleep(max(0, due - time.perf_counter_ns()) / 1e9)
+            pcm = np.zeros(960, dtype=np.float32)
+            k = self.n % 25  # a chirp every 25 frames, 5 frames long
+            if self.n >= 25 and k < 5:
+                pcm[:] = sig[k * 960 : (k + 1) * 960]
+                if k == 0:
+                    sent.append(time.perf_counter_ns())
+            frame = av.AudioFrame.from_ndarray(
+                (pcm * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 48_000, self.n * 960
+            frame.time_base = fractions.Fraction(1, 48_000)
+            self.n += 1
+            return frame
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver(ChirpTrack(), direction="sendrecv")
+    received: list[tuple[int, npt.NDArray[np.float64]]] = []
+    got_track: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def _on_track(t: MediaStreamTrack) -> None:
+        if not got_track.done():
+            got_track.set_result(t)
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            url,
+            data=pc.localDescription.sdp,
+            headers={"Content-Type": "application/sdp"},
+        ) as resp,
+    ):
+        answer = await resp.text()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    track = await got_track
+    try:
+        while len(sent) <= count:
+            frame = await track.recv()
+            assert isinstance(frame, av.AudioFrame)
+            mono = frame.to_ndarray().reshape(-1, len(frame.layout.channels)).mean(axis=1)
+            received.append((time.perf_counter_ns(), mono / 32768))
+    finally:
+        await pc.close()
+    audio = np.concatenate([pcm for _, pcm in received])
+    starts = np.cumsum([0] + [len(pcm) for _, pcm in received])
+    trips = []
+    for t_sent in sent[:count]:
+        # Search the frames delivered within 0.45 s after the send for the chirp's onset.
+        idx = [i for i, (t, _) in enumerate(received) if t_sent <= t <= t_sent + 450_000_000]
+        if not idx:
+            continue
+        lo, hi = starts[idx[0]], starts[idx[-1] + 1]
+        seg = audio[lo : hi + len(sig)]
+        corr = np.correlate(seg, sig, mode="valid")
+        onset = lo + int(np.argmax(corr))
+        frame_i = int(np.searchsorted(starts, onset, side="right") - 1)
+        arrival = received[frame_i][0] + (onset - starts[frame_i]) * 1e9 / 48_000
+        trips.append((arrival - t_sent) / 1e9)
+    return trips
+
+
+async def test_plain_aiortc_client_beside_the_probe() -> None:
+    """Both clients against one decoding target at the same time: the gap is client buffering."""
+    args = ("whip", "--loopback-ice", "--mode", "decode", "--delay", str(DELAY))
+    async with _target(*args) as url:
+        probe, plain = await asyncio.gather(_roundtrips(url, 20), _plain_aiortc_client(url, 20))
+    trips, buffered, _failed, _ = probe
+    plain_base = [p - DELAY for p in plain]
+    print()
+    print(_summary("probe base (packet arrival)", trips))
+    print(_summary("probe's own buffered-path base", buffered))
+    print(_summary("independent plain aiortc client", plain_base))
+    assert statistics.median(plain_base) - statistics.median(trips) > 0.06
