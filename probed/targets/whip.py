@@ -143,6 +143,8 @@ def _make_echo_track(target: WhipTarget) -> Any:
                     if not converted:
                         return self._silence()
                     item = converted[0]
+                    for extra in reversed(converted[1:]):  # due now, ahead of anything queued
+                        self.queue.appendleft((0.0, extra))
                 item.pts = self._pts
                 item.time_base = fractions.Fraction(1, item.sample_rate)
                 self._pts += item.samples
