@@ -170,6 +170,10 @@ TARGETS: dict[str, tuple[str, str]] = {
         "probed.targets.pubsub",
         "pub/sub rooms with acks, broadcast, delivery faults and ground truth",
     ),
+    "whip": (
+        "probed.targets.whip",
+        "WHIP endpoint echoing WebRTC audio, with faults (needs the webrtc extra)",
+    ),
 }
 
 

@@ -28,7 +28,7 @@ fi
 echo "== python environment (.venv)"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,webrtc]'
 
 echo "== ruff format / ruff check / mypy --strict"
 .venv/bin/ruff format --check probed tests
