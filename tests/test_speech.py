@@ -229,3 +229,17 @@ def test_scoring_normalises_case_and_punctuation() -> None:
     assert not partial_matches("delete a function", reference)
     assert not partial_matches("create the", reference)
     assert not partial_matches("", reference)
+
+
+async def test_frames_from_before_the_utterance_are_stale() -> None:
+    clock = Clock()
+    channel = ScriptedChannel(
+        clock, {END: [(20 * MS, results("create a function that adds two numbers", final=True,
+                                        speech_final=True))]},
+    )  # fmt: skip
+    # A late duplicate of the previous utterance's final, queued before this one began.
+    channel.inbox.put_nowait((results("stop the music", final=True, speech_final=True), 0))
+    result = await run_utterance(channel, DeepgramAdapter(), AUDIO, clock=clock, linger=0)
+    assert result.stale == 1
+    assert result.early_finals == []
+    assert result.outcome == "ok"

@@ -65,6 +65,9 @@ class UtteranceResult:
     # mid-sentence pause): part of the transcript, not the final.
     early_finals: list[str] = field(default_factory=list)
     duplicate_finals: int = 0
+    # Frames that arrived before this utterance began (late answers to the previous one on a
+    # held session): skipped, never mistaken for this utterance's text.
+    stale: int = 0
     malformed: dict[str, int] = field(default_factory=dict)
     unknown: int = 0
     provider_errors: list[ProviderError] = field(default_factory=list)
@@ -94,6 +97,7 @@ class _Run:
         self.audio = audio
         self.clock = clock
         self.final_ns: int | None = None
+        self.begun_ns = clock()
         self.stop = False  # no more reading needed: final in, fatal error, or transport gone
         self.changed = asyncio.Event()
 
@@ -193,6 +197,10 @@ class _Run:
         try:
             while not self.stop:
                 data, arrived = await channel.recv()
+                if arrived < self.begun_ns:
+                    r.stale += 1
+                    self.note(arrived, "stale frame (before this utterance)")
+                    continue
                 try:
                     events = self.adapter.parse(data)
                 except AdapterError as exc:
