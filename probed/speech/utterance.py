@@ -110,7 +110,7 @@ class _Run:
 
     def on_event(self, event: Event, arrived: int) -> None:
         r = self.result
-        self.note(arrived, repr(event))
+        self.note(arrived, repr(event)[:300])
         if isinstance(event, Partial):
             if (
                 r.first_partial_s is None

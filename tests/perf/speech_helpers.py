@@ -24,8 +24,8 @@ async def emulator_process(*args: str) -> AsyncIterator[str]:
                 if not line:
                     raise AssertionError("the emulator exited before listening")
                 if " listening on " in line:
-                    yield line.rsplit(" ", 1)[1].strip()
                     break
+        yield line.rsplit(" ", 1)[1].strip()
     finally:
         proc.terminate()
         await proc.wait()
