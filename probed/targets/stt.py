@@ -244,7 +244,9 @@ class SttTarget(Service):
             wire.encoding = "pcm16" if encoding == "pcm_s16le" else "mulaw"
             wire.format_turns = _flag(query, "format_turns", False)
             wire.endpointing = _millis(query, "max_turn_silence") or self.endpointing
-            wire.idle = _millis(query, "inactivity_timeout")
+            # Seconds, unlike the turn silences (milliseconds).
+            idle = _millis(query, "inactivity_timeout")
+            wire.idle = None if idle is None else idle * 1000
         rate = query.get("sample_rate", str(RATE))
         if not rate.isdigit() or not 8000 <= int(rate) <= 48000:
             raise _Refused(400, "sample_rate must be an integer between 8000 and 48000")
@@ -353,8 +355,8 @@ class _Session:
         if self.protocol == "deepgram":
             await self.close_with(1011, "NET-0001")
         else:
-            await self.send({"type": "Error", "error_code": 3005, "error": "inactivity timeout"})
-            await self.close_with(3005, "inactivity timeout")
+            await self.send({"type": "Error", "error_code": 4031, "error": "Session idle too long"})
+            await self.close_with(4031, "Session idle too long")
 
     # -- inbound ------------------------------------------------------------------------------
 

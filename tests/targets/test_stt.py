@@ -198,6 +198,14 @@ async def test_wire_details_of_the_assemblyai_emulator() -> None:
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4100
+        # inactivity_timeout is in seconds: nothing sent for that long ends the session.
+        async with connect(f"{target.url}?speech_model=x&inactivity_timeout=0.2") as ws:
+            await ws.recv()
+            error = json.loads(await ws.recv())
+            assert error == {"type": "Error", "error_code": 4031, "error": "Session idle too long"}
+            with pytest.raises(ConnectionClosed) as idle:
+                await ws.recv()
+            assert idle.value.rcvd is not None and idle.value.rcvd.code == 4031
 
 
 def test_cli_arguments_build_the_target() -> None:
