@@ -5,12 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 
 import pytest
 
-from probed.adapters import AssemblyAIAdapter, DeepgramAdapter
-from probed.audio import load_manifest, prepare
-from probed.speech import partial_matches, run_utterance, word_error_ratio, words
+from probed.adapters import AssemblyAIAdapter, AssemblyAIOptions, DeepgramAdapter
+from probed.audio import AudioError, load_manifest, prepare
+from probed.speech import (
+    load_utterances,
+    partial_matches,
+    run_utterance,
+    word_error_ratio,
+    words,
+)
 
 CHUNK_NS = 20_000_000
 MS = 1_000_000
@@ -243,3 +250,15 @@ async def test_frames_from_before_the_utterance_are_stale() -> None:
     assert result.stale == 1
     assert result.early_finals == []
     assert result.outcome == "ok"
+
+
+def test_load_utterances_prepares_each_clip_the_way_the_adapter_sends_it(tmp_path: Path) -> None:
+    assembly = AssemblyAIAdapter(AssemblyAIOptions(encoding="mulaw", sample_rate=8000))
+    prepared = load_utterances(assembly, ["run_tests", "stop_music"], trailing=0.5)
+    assert [u.clip.id for u in prepared] == ["run_tests", "stop_music"]
+    assert all(u.clip.rate == 8000 and len(u.chunks[0]) == 400 for u in prepared)
+    assert len(load_utterances(DeepgramAdapter())) == len(load_manifest().entries)
+    with pytest.raises(AudioError, match="no clip 'nope'"):
+        load_utterances(assembly, ["nope"])
+    with pytest.raises(AudioError, match="manifest not found"):
+        load_utterances(assembly, directory=tmp_path)

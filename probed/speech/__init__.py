@@ -1,5 +1,6 @@
 """The speech measurement core: one utterance streamed, timed and scored."""
 
+from probed.speech.fixtures import load_utterances
 from probed.speech.scoring import partial_matches, word_error_ratio, words
 from probed.speech.session import SetupError, close_session, open_session
 from probed.speech.utterance import (
@@ -19,6 +20,7 @@ __all__ = [
     "SetupError",
     "UtteranceResult",
     "close_session",
+    "load_utterances",
     "open_session",
     "partial_matches",
     "run_utterance",
