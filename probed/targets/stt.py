@@ -304,6 +304,7 @@ class _Session:
         self.started = time.monotonic()
         self.audio_seconds = 0.0
         self.closing = False
+        self.finalising: set[asyncio.Task[None]] = set()
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -450,18 +451,26 @@ class _Session:
             self.target.spawn(self.partial(self.turn))
         elif signal.kind == "end" and self.turn is not None and self.turn.end is None:
             self.turn.end = signal.offset
-            self.target.spawn(self.finalise(self.turn, forced=False))
+            self.finalise_later(self.turn, forced=False)
+
+    def finalise_later(self, turn: _Turn, *, forced: bool) -> None:
+        """Finalise in the background, as a provider does: the session keeps reading audio."""
+        task = self.target.spawn(self.finalise(turn, forced=forced))
+        self.finalising.add(task)
+        task.add_done_callback(self.finalising.discard)
 
     async def flush(self) -> None:
         signal = self.endpointer.force_end()
         if signal is not None and self.turn is not None and self.turn.end is None:
             self.turn.end = self.endpointer.position
-            await self.finalise(self.turn, forced=True)
+            self.finalise_later(self.turn, forced=True)
         elif self.protocol == "deepgram":
             # Nothing buffered: Deepgram still answers a Finalize, with an empty result.
             await self.send(self.deepgram_results("", 0.0, 0.0, final=True, from_finalize=True))
 
     async def finish_session(self) -> None:
+        # Finals still being prepared go out before the session's closing message.
+        await asyncio.gather(*self.finalising, return_exceptions=True)
         if self.turn is not None and self.turn.end is None:
             self.endpointer.force_end()
             self.turn.end = self.endpointer.position

@@ -179,6 +179,23 @@ async def test_wire_details_of_the_deepgram_emulator() -> None:
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
 
 
+async def test_deepgram_close_stream_sends_pending_finals_before_metadata() -> None:
+    async with SttTarget("deepgram", fast=True, delay=0.2) as target:
+        adapter = adapter_for("deepgram", target.url)
+        clip = audio("stop_music", adapter, trailing=0)
+        async with connect(adapter.connect_request().url) as ws:
+            for chunk in clip.speech_chunks:
+                await ws.send(chunk)
+            await ws.send(json.dumps({"type": "Finalize"}))
+            await ws.send(json.dumps({"type": "CloseStream"}))
+            kinds = []
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    message = json.loads(await ws.recv())
+                    kinds.append((message["type"], message.get("from_finalize")))
+    assert kinds[-2:] == [("Results", True), ("Metadata", None)]
+
+
 async def test_wire_details_of_the_assemblyai_emulator() -> None:
     async with SttTarget("assemblyai", fast=True) as target:
         with pytest.raises(InvalidStatus) as refused:
