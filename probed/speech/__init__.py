@@ -2,7 +2,7 @@
 
 from probed.speech.fixtures import load_utterances
 from probed.speech.scoring import partial_matches, word_error_ratio, words
-from probed.speech.session import SetupError, close_session, open_session
+from probed.speech.session import SetupError, close_session, keep_alive, open_session
 from probed.speech.utterance import (
     OUTCOMES,
     Channel,
@@ -20,6 +20,7 @@ __all__ = [
     "SetupError",
     "UtteranceResult",
     "close_session",
+    "keep_alive",
     "load_utterances",
     "open_session",
     "partial_matches",

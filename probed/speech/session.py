@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from probed.adapters.base import AdapterError, SpeechAdapter
 from probed.adapters.events import ProviderError, Ready
 from probed.speech.utterance import Channel
@@ -42,4 +44,20 @@ async def open_session(channel: Channel, adapter: SpeechAdapter) -> Ready:
 async def close_session(channel: Channel, adapter: SpeechAdapter) -> None:
     """Tell the provider we are done, so it can end the session (and its billing) cleanly."""
     for message in adapter.close_messages():
+        await channel.send(message)
+
+
+async def keep_alive(channel: Channel, adapter: SpeechAdapter) -> None:
+    """Send the adapter's keepalive every `keepalive_interval` until cancelled.
+
+    For the gaps between utterances on a held session: Deepgram closes a stream that carried
+    neither audio nor a text message for 10 s. Run it as a task while no utterance is playing.
+    Returns at once for providers that need none.
+    """
+    message = adapter.keepalive_message()
+    interval = adapter.keepalive_interval
+    if message is None or interval is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
         await channel.send(message)

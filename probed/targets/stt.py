@@ -140,6 +140,7 @@ class SttTarget(Service):
         session_limit: float | None = None,
         api_key: str | None = None,
         faults: SttFaults | None = None,
+        deepgram_idle: float = DEEPGRAM_IDLE,
     ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; one of {PROTOCOLS}")
@@ -153,6 +154,7 @@ class SttTarget(Service):
         self.endpointing = endpointing
         self.session_limit = session_limit
         self.faults = faults or SttFaults()
+        self.deepgram_idle = deepgram_idle
         self._api_key = api_key
         self._host = host
         self._index = FastIndex(load_manifest().load_all()) if fast else None
@@ -234,7 +236,7 @@ class SttTarget(Service):
             # Deepgram's own default is 10 ms; "false" turns endpointing off.
             wire.endpointing = _millis(query, "endpointing") if "endpointing" in query else 0.01
             wire.utterance_end = _millis(query, "utterance_end_ms")
-            wire.idle = DEEPGRAM_IDLE
+            wire.idle = self.deepgram_idle
         elif self.protocol == "assemblyai":
             if "speech_model" not in query:
                 raise _Refused(400, "speech_model is required")

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from probed.connection import classify_closed
-from probed.speech import Mode, UtteranceResult, run_utterance
+from probed.speech import Mode, UtteranceResult, keep_alive, run_utterance
 from probed.targets.stt import PROTOCOLS, SttFaults, SttTarget
 from tests.conftest import bound
 from tests.targets.stt_client import adapter_for, audio, session
@@ -194,6 +194,27 @@ async def test_deepgram_close_stream_sends_pending_finals_before_metadata() -> N
                     message = json.loads(await ws.recv())
                     kinds.append((message["type"], message.get("from_finalize")))
     assert kinds[-2:] == [("Results", True), ("Metadata", None)]
+
+
+async def test_deepgram_idle_streams_close_unless_kept_alive() -> None:
+    async with SttTarget("deepgram", fast=True, deepgram_idle=0.3) as target:
+        idle_adapter = adapter_for("deepgram", target.url)
+        kept_adapter = adapter_for("deepgram", target.url)
+        kept_adapter.keepalive_interval = 0.1
+        async with session(idle_adapter) as idle, session(kept_adapter) as kept:
+            keeper = asyncio.create_task(keep_alive(kept, kept_adapter))
+            with pytest.raises(ConnectionClosed) as closed:
+                await idle.recv()
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1011, "NET-0001")
+            # Still open three idle periods later: the keepalives reset the timer.
+            await asyncio.sleep(0.9)
+            assert kept.ws.close_code is None
+            keeper.cancel()
+            result = await run_utterance(
+                kept, kept_adapter, audio("stop_music", kept_adapter), "flush"
+            )
+            assert result.outcome == "ok"
 
 
 async def test_wire_details_of_the_assemblyai_emulator() -> None:
