@@ -174,6 +174,10 @@ TARGETS: dict[str, tuple[str, str]] = {
         "probed.targets.whip",
         "WHIP endpoint echoing WebRTC audio, with faults (needs the webrtc extra)",
     ),
+    "stt": (
+        "probed.targets.stt",
+        "streaming speech-to-text emulator: deepgram, assemblyai or generic",
+    ),
 }
 
 
