@@ -53,5 +53,5 @@ def openai(url: str, *, manual: bool = False, api_key: str | None = None) -> Ope
     )
 
 
-def adapter_for(protocol: str, url: str, **kw: bool) -> VoiceAdapter:
-    return gemini(url, **kw) if protocol == "gemini" else openai(url, **kw)
+def adapter_for(protocol: str, url: str, *, manual: bool = False) -> VoiceAdapter:
+    return gemini(url, manual=manual) if protocol == "gemini" else openai(url, manual=manual)

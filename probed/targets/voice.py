@@ -537,13 +537,18 @@ class _Session:
     # -- answering --------------------------------------------------------------------------
 
     def _start_answer(self, delay: float, *, speak: bool) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.cancel()
-        self.answer = self.t.spawn(self._answer(delay, speak=speak))
+        # An agent that does not yield finishes its answer before it starts the next one.
+        previous = self.answer if self.answer is not None and not self.answer.done() else None
+        self.answer = self.t.spawn(self._answer(delay, speak=speak, after=previous))
 
-    async def _answer(self, delay: float, *, speak: bool) -> None:
+    async def _answer(
+        self, delay: float, *, speak: bool, after: asyncio.Task[None] | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
         self.unanswered = False
+        if after is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(after)
         due = loop.time() + delay
         transcript = await self._transcript if not speak else ""
         if not speak:
