@@ -138,7 +138,7 @@ def _json_logs(args: argparse.Namespace) -> bool | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from probed.targets import echo, proxy
+    from probed.targets import echo, proxy, voice
 
     parser = argparse.ArgumentParser(
         prog="probed",
@@ -188,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, text in (
         ("echo", echo, "WebSocket echo server with fault controls"),
         ("proxy", proxy, "fault-injecting TCP proxy with a control endpoint"),
+        ("voice", voice, "Gemini Live / OpenAI Realtime voice-agent emulator"),
     ):
         p = add(name, text, kinds)
         module.add_arguments(p)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
+import asyncio
+import base64
+import json
+import time
 
+import numpy as np
+import pytest
+
+from probed.adapters import OpenAIRealtimeAdapter, OpenAIRealtimeOptions
 from probed.adapters.events import ToolCall
+from probed.adapters.voice import canned_result
+from probed.audio.chunks import prepare
+from probed.audio.manifest import load_manifest
 from probed.targets.voice_engine import tool_arguments
-from probed.voice import Playback, ToolExpectation, judge
+from probed.voice import Conversation, Playback, ToolExpectation, judge
+from tests.voice_helpers import CODE_TOOL, EXPECT_ADD
 
 MS = 1_000_000
 
@@ -63,3 +74,89 @@ def test_emulator_derives_tool_arguments_from_the_words() -> None:
         "arity": 2,
     }
     assert tool_arguments("turn on the kitchen lights", props) is None
+
+
+# -- the whole turn on an injected clock ----------------------------------------------------
+
+CHUNK_NS = 20 * MS
+
+
+class Clock:
+    """Real time plus an offset the channel advances by 20 ms per audio chunk sent, so pacing
+    is instant and injected arrival times are exact."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return time.perf_counter_ns() + self.offset
+
+
+class ScriptedChannel:
+    """Frames arrive `delay` ns after audio chunk k was sent."""
+
+    def __init__(self, clock: Clock, script: dict[int, list[tuple[int, str]]]) -> None:
+        self.clock = clock
+        self.script = script
+        self.inbox: asyncio.Queue[tuple[str | bytes, int]] = asyncio.Queue()
+        self.audio_sent = 0
+        self.other_sent: list[str] = []
+
+    async def send(self, data: str | bytes) -> None:
+        text = data if isinstance(data, str) else data.decode()
+        if '"input_audio_buffer.append"' not in text:
+            self.other_sent.append(text)
+            return
+        for delay, frame in self.script.get(self.audio_sent, []):
+            self.inbox.put_nowait((frame, self.clock() + delay))
+        self.audio_sent += 1
+        self.clock.offset += CHUNK_NS
+        await asyncio.sleep(0)
+
+    async def recv(self) -> tuple[str | bytes, int]:
+        return await self.inbox.get()
+
+
+def delta(data: bytes) -> str:
+    return json.dumps(
+        {"type": "response.output_audio.delta", "delta": base64.b64encode(data).decode()}
+    )
+
+
+async def test_turn_latencies_come_from_the_chunk_holding_the_end_of_speech() -> None:
+    adapter = OpenAIRealtimeAdapter(OpenAIRealtimeOptions(tools=(CODE_TOOL,)))
+    audio = prepare(load_manifest().load("create_function", rate=24000), trailing=0.0)
+    end = audio.end_chunk
+    end_ms = audio.clip.speech_end * 1000 + 300  # the provider's VAD waited 300 ms
+    function = {"type": "response.function_call_arguments.done", "name": "generate_code",
+                "call_id": "c1", "arguments": '{"operation": "add", "arity": 2}'}  # fmt: skip
+    script = {
+        end: [
+            (300 * MS, json.dumps({"type": "input_audio_buffer.speech_stopped",
+                                   "audio_end_ms": end_ms, "item_id": "i1"})),
+            (301 * MS, json.dumps({"type": "input_audio_buffer.committed", "item_id": "i1"})),
+            (400 * MS, json.dumps({"type": "conversation.item.input_audio_transcription.completed",
+                                   "item_id": "i1", "transcript": audio.clip.transcript})),
+            (600 * MS, json.dumps(function)),
+            # 100 ms of silence, then 100 ms of tone sent 10 ms later: heard at 900 ms.
+            (800 * MS, delta(pcm(100, 0))),
+            (810 * MS, delta(pcm(0, 100))),
+            (900 * MS, json.dumps({"type": "response.done", "response": {"status": "completed"}})),
+        ]
+    }  # fmt: skip
+    clock = Clock()
+    channel = ScriptedChannel(clock, script)
+    async with Conversation(channel, adapter, mode="vad", clock=clock) as conversation:
+        r = await conversation.turn(audio, EXPECT_ADD)
+    assert r.outcome == "ok" and r.wer == 0.0 and r.tool_result == "ok"
+    assert r.provider_eos_s == pytest.approx(0.300, abs=0.002)
+    assert r.provider_endpoint_s == pytest.approx(0.300, abs=0.001)
+    assert r.stt_final_s == pytest.approx(0.400, abs=0.002)
+    assert r.tool_call_s == pytest.approx(0.600, abs=0.002)
+    assert r.response_s == pytest.approx(0.800, abs=0.002)
+    assert r.turn_s == pytest.approx(0.900, abs=0.002)
+    # The tool call was answered with its call id, and a reply was asked for.
+    answers = [json.loads(m) for m in channel.other_sent]
+    canned = json.dumps(canned_result(ToolCall("generate_code", "c1", "")))
+    assert answers[0]["item"] == {"type": "function_call_output", "call_id": "c1", "output": canned}
+    assert answers[1]["type"] == "response.create"

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import itertools
 import json
@@ -205,6 +206,7 @@ class _Session:
         self.gemini = target.protocol == "gemini"
         self.endpointer = Endpointer(silence=self.b.silence)
         self.turn_audio: list[np.ndarray[Any, Any]] = []
+        self.recent: collections.deque[np.ndarray[Any, Any]] = collections.deque(maxlen=15)
         self.audio_ms = 0.0
         self.auto_vad = True
         self.create_response = True
@@ -449,9 +451,11 @@ class _Session:
             self.turn_audio.append(samples)
         if not self.auto_vad:
             return
+        # The onset is confirmed a little after it happened: keep what came just before.
+        self.recent.append(samples)
         for boundary in self.endpointer.feed(samples):
             if boundary.kind == "start":
-                self.turn_audio = [samples]
+                self.turn_audio = list(self.recent)
                 await self._heard_start()
             else:
                 await self._heard_end(forced=False)

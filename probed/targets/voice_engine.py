@@ -15,16 +15,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
+import multiprocessing
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from probed.audio.clip import Clip
 from probed.audio.vad import FRAME_SECONDS, frame_levels
+
+if TYPE_CHECKING:
+    from probed.audio.clip import Clip
 
 RATE = 16000
 FRAME = round(RATE * FRAME_SECONDS)
@@ -158,7 +161,10 @@ class SphinxRecogniser:
     label = "pocketsphinx"
 
     def __init__(self) -> None:
-        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1)
+        # spawn, not fork: the emulator runs inside an event loop (and a test runner's threads).
+        self._pool = concurrent.futures.ProcessPoolExecutor(
+            max_workers=1, mp_context=multiprocessing.get_context("spawn")
+        )
 
     async def warm_up(self) -> None:
         await self.transcribe(np.zeros(RATE // 10, dtype=np.int16))
@@ -174,9 +180,11 @@ class SphinxRecogniser:
 
 # -- intents: when the recognised words ask for a tool ------------------------------------
 
-_NUMBERS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "ten": 10}
+# Homophones too ("and to numbers"): a real recogniser hears "adds two" that way often enough,
+# and a voice agent's language model would not be thrown by it either.
+_NUMBERS = {"one": 1, "two": 2, "to": 2, "too": 2, "three": 3, "four": 4, "five": 5, "ten": 10}
 _VERBS = {
-    "adds": "add", "add": "add", "sums": "add", "subtracts": "subtract",
+    "adds": "add", "add": "add", "and": "add", "ads": "add", "sums": "add", "subtracts": "subtract",
     "multiplies": "multiply", "divides": "divide", "sorts": "sort", "reads": "read",
 }  # fmt: skip
 _ASK = re.compile(r"\b(create|write|make)\b.*\bfunction\b(?:\s+that)?\s*(.*)$")

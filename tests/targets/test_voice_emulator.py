@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import time
 
 import pytest
 
@@ -144,31 +145,56 @@ async def test_wrong_and_missing_tool_calls_are_counted(protocol: Proto) -> None
 
 
 async def test_go_away_resumption_keeps_the_turn_in_flight_and_is_timed() -> None:
-    behaviour = VoiceBehaviour(delay=0.1, answer_seconds=0.3, session_limit=2.5, go_away_lead=1.5)
-    resumptions: list[float] = []
-    turns = []
+    # The go-away comes 1 s into each connection, in the middle of its first turn; the
+    # connection closes 2.5 s later, after that turn is over.
+    behaviour = VoiceBehaviour(delay=0.1, answer_seconds=0.3, session_limit=3.5, go_away_lead=2.5)
+    drains: list[float] = []
+    reconnects: list[float] = []
+    turns: list[TurnResult] = []
     async with VoiceTarget("gemini", behaviour=behaviour) as target:
         adapter = adapter_for("gemini", target.url, manual=True)
         handle: str | None = None
-        went = 0.0
+        closed_ns = 0
         for _connection in range(3):
             adapter.resume_with(handle)
             async with WsChannel(adapter.connect_request()) as channel:
                 await open_session(channel, adapter)
                 if handle is not None:
-                    resumptions.append(asyncio.get_running_loop().time() - went)
+                    reconnects.append((time.perf_counter_ns() - closed_ns) / 1e9)
                 async with Conversation(channel, adapter, mode="flush") as conversation:
-                    while conversation.go_away is None:
-                        r = await conversation.turn(clip("lights_on", adapter.sample_rate))
-                        turns.append(r)
+                    r = await conversation.turn(clip("lights_on", adapter.sample_rate))
+                    turns.append(r)
+                    assert conversation.go_away is not None and conversation.go_away_ns is not None
+                    assert r.speech_start_sent_ns is not None
+                    # In flight: the go-away came while the turn was being measured.
+                    assert any(what.startswith("GoAway") for _at, what in r.timeline)
+                    assert conversation.go_away.time_left == 2.5
+                    drains.append((time.perf_counter_ns() - conversation.go_away_ns) / 1e9)
                     handle = conversation.resume_handle
-                    went = asyncio.get_running_loop().time()
                     assert handle is not None
+            closed_ns = time.perf_counter_ns()
         assert target.counters.go_aways == 3 and target.counters.resumed == 2
-    # Every turn was measured whole, including those in flight when the go-away came.
+    # Every turn was measured whole, although each one had a go-away in the middle.
     assert all(t.outcome == "ok" and t.stt_text == "turn on the kitchen lights" for t in turns)
-    assert len(turns) >= 3 and max(resumptions) < 1.0
-    print("resumption seconds", [round(x, 3) for x in resumptions], "turns", len(turns))
+    assert max(reconnects) < 1.0 and max(drains) < 2.5
+    print("go-away to drained", [round(x, 3) for x in drains],
+          "closed to resumed (setupComplete)", [round(x, 3) for x in reconnects])  # fmt: skip
+
+
+async def test_a_session_limit_without_go_away_is_a_disconnect() -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    behaviour = VoiceBehaviour(session_limit=1.0, go_away=False)
+    async with VoiceTarget("gemini", behaviour=behaviour) as target:
+        adapter = adapter_for("gemini", target.url)
+        async with WsChannel(adapter.connect_request()) as channel:
+            await open_session(channel, adapter)
+            async with Conversation(channel, adapter, mode="vad") as conversation:
+                r = await conversation.turn(clip("lights_on", adapter.sample_rate))
+                assert conversation.go_away is None
+    assert r.outcome == "disconnected"
+    assert isinstance(r.transport_error, ConnectionClosed)
+    assert r.transport_error.rcvd is not None and r.transport_error.rcvd.code == 1011
 
 
 async def test_resumption_with_an_unknown_handle_is_refused_and_typed() -> None:
@@ -196,3 +222,26 @@ async def test_openai_rejects_a_bad_key_at_the_upgrade_and_gemini_after_it() -> 
         with pytest.raises(ConnectionClosed) as closed:
             await open_session(channel, adapter_for("gemini", target.url))
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_the_real_recogniser_hears_the_request_and_the_tool_is_called() -> None:
+    from probed.targets.voice_engine import SphinxRecogniser
+
+    sphinx = SphinxRecogniser()
+    try:
+        await sphinx.warm_up()
+        # The delay exceeds pocketsphinx's decoding time, so the answer still leaves on time.
+        behaviour = VoiceBehaviour(delay=1.5, answer_seconds=0.2)
+        async with VoiceTarget("gemini", behaviour=behaviour, recogniser=sphinx) as target:
+            adapter = adapter_for("gemini", target.url)
+            async with WsChannel(adapter.connect_request()) as channel:
+                await open_session(channel, adapter)
+                async with Conversation(channel, adapter, mode="vad") as conversation:
+                    audio = clip("create_function", adapter.sample_rate)
+                    r = await conversation.turn(audio, EXPECT_ADD)
+    finally:
+        sphinx.close()
+    assert r.stt_text is not None and r.stt_text.startswith("create a function")
+    assert r.tool_result == "ok", r.tool_calls
+    assert r.tool_call_s is not None and r.tool_call_s >= 1.5
+    print("pocketsphinx heard", repr(r.stt_text), "tool call", round(r.tool_call_s, 3))
