@@ -6,9 +6,11 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from probed.adapters import OpenAIRealtimeAdapter, OpenAIRealtimeOptions
 from probed.adapters.events import ToolCall
@@ -16,7 +18,9 @@ from probed.adapters.voice import canned_result
 from probed.audio.chunks import prepare
 from probed.audio.manifest import load_manifest
 from probed.targets.voice_engine import tool_arguments
-from probed.voice import Conversation, Playback, ToolExpectation, judge
+from probed.voice import BargeInResult, Conversation, Playback, ToolExpectation, TurnResult, judge
+from probed.voice.conversation import pcm_rate
+from probed.voice.record import VoiceRecorder
 from tests.voice_helpers import CODE_TOOL, EXPECT_ADD
 
 MS = 1_000_000
@@ -160,3 +164,68 @@ async def test_turn_latencies_come_from_the_chunk_holding_the_end_of_speech() ->
     canned = json.dumps(canned_result(ToolCall("generate_code", "c1", "")))
     assert answers[0]["item"] == {"type": "function_call_output", "call_id": "c1", "output": canned}
     assert answers[1]["type"] == "response.create"
+
+
+# -- recording ------------------------------------------------------------------------------
+
+
+class Latency:
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    def observe(self, start_ns: int, end_ns: int) -> bool:
+        self.histogram.observe((end_ns - start_ns) / 1e9)
+        return True
+
+
+class PromFamilies:
+    """The family factory's shape, on a real prometheus_client registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+
+    def latency(self, name: str, documentation: str, *, primary: bool = False) -> Latency:
+        return Latency(Histogram(name, documentation, registry=self.registry))
+
+    def counter(
+        self, name: str, documentation: str, label: str | None = None, values: Iterable[str] = ()
+    ) -> Counter:
+        made = Counter(name, documentation, [label] if label else [], registry=self.registry)
+        for value in values:
+            made.labels(value)
+        return made
+
+    def histogram(self, name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
+        return Histogram(name, documentation, buckets=buckets, registry=self.registry)
+
+
+def test_recorder_observes_each_milestone_from_the_end_of_speech() -> None:
+    families = PromFamilies()
+    recorder = VoiceRecorder(families)
+    turn = TurnResult("c", "vad", outcome="ok", tool_result="wrong", provider_endpoint_s=0.3)
+    turn.speech_end_sent_ns = 10 * MS
+    turn.at_ns = {"stt_final": 410 * MS, "response": 810 * MS, "turn": 910 * MS}
+    turn.at_ns["tool_call"] = 610 * MS
+    recorder.turn(turn)
+    barge = BargeInResult(first=turn, outcome="yielded", start_ns=0, yield_ns=90 * MS)
+    recorder.barge_in(barge)
+    value = families.registry.get_sample_value
+    assert value("probe_voice_response_seconds_sum") == pytest.approx(1.6)  # two turns recorded
+    assert value("probe_voice_turn_seconds_sum") == pytest.approx(1.8)
+    assert value("probe_stt_final_seconds_sum") == pytest.approx(0.8)
+    assert value("probe_voice_tool_call_seconds_sum") == pytest.approx(1.2)
+    assert value("probe_voice_bargein_seconds_sum") == pytest.approx(0.09)
+    assert value("probe_voice_tool_calls_total", {"result": "wrong"}) == 2
+    assert value("probe_voice_tool_calls_total", {"result": "missing"}) == 0
+    assert value("probe_voice_bargeins_total", {"result": "yielded"}) == 1
+    assert value("probe_voice_bargeins_total", {"result": "never"}) == 0
+    assert value("probe_voice_turns_total", {"result": "ok"}) == 2
+    assert value("probe_voice_provider_endpoint_seconds_count") == 2
+    assert value("probe_voice_provider_eos_seconds_count") == 0
+
+
+def test_pcm_rate_comes_from_the_mime_type() -> None:
+    assert pcm_rate("audio/pcm;rate=24000", 8000) == 24000
+    assert pcm_rate("audio/pcm; rate=16000", 8000) == 16000
+    assert pcm_rate("audio/pcm", 24000) == 24000
+    assert pcm_rate("audio/mpeg", 24000) is None

@@ -70,6 +70,8 @@ class VoiceBehaviour:
     handle_interval: float = 0.3
     tool_fault: ToolFault = "none"
     finished_flag: bool = True
+    # Hears and transcribes, never answers (a model that stopped responding).
+    mute: bool = False
 
 
 @dataclass
@@ -413,7 +415,7 @@ class _Session:
                 await self._error("input_audio_buffer_commit_empty", "buffer too small")
                 return
             await self._heard_end(forced=True, respond=False)
-        elif kind == "response.create":
+        elif kind == "response.create" and not self.b.mute:
             # After a tool's output the answer is spoken; after a commit the words decide.
             fresh = self.pending_call is None and self.unanswered
             self._start_answer(self.b.delay if fresh else self.b.delay / 4, speak=not fresh)
@@ -426,7 +428,7 @@ class _Session:
                 self.t.counters.tool_responses += 1
                 self.pending_call = None
             await self.send({"type": "conversation.item.created", "item": item})
-        elif kind in ("input_audio_buffer.clear", "response.cancel"):
+        elif kind in ("input_audio_buffer.clear", "response.cancel", "response.create"):
             pass
         else:
             await self._error("invalid_event", f"unknown client event {str(kind)[:40]}")
@@ -510,7 +512,7 @@ class _Session:
         self._heard = heard
         self._transcript: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.unanswered = True
-        if respond and (self.gemini or self.create_response):
+        if respond and (self.gemini or self.create_response) and not self.b.mute:
             self._start_answer(self.b.delay, speak=False)
 
     async def _recognise(self, audio: np.ndarray[Any, Any], item: str) -> None:

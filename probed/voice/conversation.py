@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,18 @@ BARGE_IN_OUTCOMES: tuple[BargeInOutcome, ...] = ("yielded", "never", "no_answer"
 ToolAnswer = Callable[[ToolCall], Mapping[str, object]]
 
 
+_RATE = re.compile(r"rate=(\d{4,6})")
+
+
+def pcm_rate(mime: str, default: int) -> int | None:
+    """The sample rate of raw PCM16 audio from its MIME type (`default` when it names none);
+    None when it is not raw PCM."""
+    if not mime.lower().startswith(("audio/pcm", "audio/l16")):
+        return None
+    match = _RATE.search(mime)
+    return int(match.group(1)) if match else default
+
+
 def _seconds(later: int | None, earlier: int | None) -> float | None:
     if later is None or earlier is None:
         return None
@@ -85,6 +98,8 @@ class TurnResult:
     interrupted: bool = False
     completed: bool = False
     response_audio_s: float = 0.0
+    # Response audio chunks that were not PCM, or changed rate mid-answer: not played.
+    unexpected_audio: int = 0
     malformed: dict[str, int] = field(default_factory=dict)
     unknown: int = 0
     provider_errors: list[ProviderError] = field(default_factory=list)
@@ -95,6 +110,9 @@ class TurnResult:
     # The fixture's end of speech on the provider's audio clock (seconds of audio sent).
     speech_end_offset: float | None = None
     transport_error: BaseException | None = None
+    # The instants behind the figures above (perf_counter_ns), by milestone: stt_final,
+    # response, turn, tool_call, provider_eos. Each latency is at_ns[m] - speech_end_sent_ns.
+    at_ns: dict[str, int] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
         origin = self.timeline[0][0] if self.timeline else 0
@@ -110,6 +128,9 @@ class BargeInResult:
     bargein_s: float | None = None
     # The provider's VAD heard the interruption (SpeechStarted), from its start of speech sent.
     provider_heard_s: float | None = None
+    # bargein_s = yield_ns - start_ns, when the agent yielded.
+    start_ns: int | None = None
+    yield_ns: int | None = None
 
 
 class _Turn:
@@ -319,6 +340,7 @@ class Conversation:
             r.tool_calls.append(event)
             if r.tool_call_s is None:
                 r.tool_call_s = _seconds(arrived, r.speech_end_sent_ns)
+                r.at_ns["tool_call"] = arrived
             for message in self.adapter.tool_response_messages(event, self.tool_answer(event)):
                 await self.channel.send(message)
         elif isinstance(event, Interrupted):
@@ -341,6 +363,7 @@ class Conversation:
         elif isinstance(event, SpeechStopped):
             if r.provider_eos_s is None and r.speech_end_sent_ns is not None:
                 r.provider_eos_s = _seconds(arrived, r.speech_end_sent_ns)
+                r.at_ns["provider_eos"] = arrived
                 if event.offset is not None and r.speech_end_offset is not None:
                     r.provider_endpoint_s = event.offset - r.speech_end_offset
         elif isinstance(event, SpeechStarted):
@@ -358,18 +381,33 @@ class Conversation:
             return
         turn.final_ns = arrived
         r.stt_final_s = _seconds(arrived, r.speech_end_sent_ns)
+        r.at_ns["stt_final"] = arrived
         r.stt_text, r.stt_rule = event.text, event.rule
 
     def _on_audio(self, turn: _Turn, event: ResponseAudio, arrived: int) -> None:
         r = turn.result
+        rate = pcm_rate(event.mime, self.adapter.output_rate)
+        if rate is None:
+            # Not raw PCM: it arrived (the response latency stands) but cannot be played here.
+            r.unexpected_audio += 1
+        elif rate != turn.playback.rate:
+            if turn.playback.first_arrival_ns is None:
+                turn.playback = Playback(rate)
+            else:
+                r.unexpected_audio += 1
+                rate = None
         if turn.first_audio_ns is None:
             turn.first_audio_ns = arrived
             r.response_s = _seconds(arrived, r.speech_end_sent_ns)
+            r.at_ns["response"] = arrived
             turn.note(arrived, "first response audio")
+        if rate is None:
+            return
         sound = turn.playback.add(event.data, arrived)
         r.response_audio_s = turn.playback.seconds
         if sound is not None:
             r.turn_s = _seconds(sound, r.speech_end_sent_ns)
+            r.at_ns["turn"] = sound
             turn.note(sound, "first sound on the playback clock")
 
     # -- turns ----------------------------------------------------------------------------
@@ -528,9 +566,12 @@ class Conversation:
         elif one.interrupted_ns is not None:
             result.outcome, result.yielded_by = "yielded", "event"
             result.bargein_s = _seconds(one.interrupted_ns, start)
+            result.start_ns, result.yield_ns = start, one.interrupted_ns
         elif one.complete_ns is None and not one.playback.playing(self.clock()):
             # No word from the agent, but its audio stopped before the answer was complete.
             result.outcome, result.yielded_by = "yielded", "audio_stopped"
             result.bargein_s = max(0.0, _seconds(one.playback.until_ns, start) or 0.0)
+            if start is not None and one.playback.until_ns is not None:
+                result.start_ns, result.yield_ns = start, max(start, one.playback.until_ns)
         else:
             result.outcome = "never"

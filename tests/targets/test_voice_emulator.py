@@ -48,12 +48,12 @@ async def test_response_and_tool_call_latencies_track_the_configured_delay(proto
     delays = (0.1, 0.4)
     clip_ids = ("create_function", "stop_music", "run_tests")
     # Independent sessions, run side by side: the waiting is real-time audio, not CPU.
+    plan = [(d, c) for d in delays for c in clip_ids]
     runs = await asyncio.gather(*(
-        flush_turns(protocol, VoiceBehaviour(delay=d, answer_seconds=0.3), clip_ids)
-        for d in delays
+        flush_turns(protocol, VoiceBehaviour(delay=d, answer_seconds=0.3), (c,)) for d, c in plan
     ))  # fmt: skip
     excess: dict[str, list[float]] = {"tool_call": [], "response": [], "turn": [], "stt": []}
-    for delay, results in zip(delays, runs, strict=True):
+    for (delay, _clip_id), results in zip(plan, runs, strict=True):
         for r in results:
             assert r.outcome == "ok", r.describe()
             assert r.stt_final_s is not None and r.wer == 0.0
@@ -83,8 +83,8 @@ async def test_server_vad_turn_and_the_provider_view(protocol: Proto) -> None:
         async with WsChannel(adapter.connect_request()) as channel:
             await open_session(channel, adapter)
             async with Conversation(channel, adapter, mode="vad") as conversation:
-                r = await conversation.turn(clip("weather_question", adapter.sample_rate))
-    assert r.outcome == "ok" and r.stt_text == "what is the weather like in london tomorrow"
+                r = await conversation.turn(clip("lights_on", adapter.sample_rate))
+    assert r.outcome == "ok" and r.stt_text == "turn on the kitchen lights"
     assert r.response_s is not None
     # Endpointing silence (300 ms) plus the configured delay.
     assert 0.45 <= r.response_s <= 0.5 + SLACK
@@ -245,3 +245,33 @@ async def test_the_real_recogniser_hears_the_request_and_the_tool_is_called() ->
     assert r.tool_result == "ok", r.tool_calls
     assert r.tool_call_s is not None and r.tool_call_s >= 1.5
     print("pocketsphinx heard", repr(r.stt_text), "tool call", round(r.tool_call_s, 3))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_model_that_never_answers_is_counted_as_no_response(
+    protocol: Proto,
+) -> None:
+    async with VoiceTarget(protocol, behaviour=VoiceBehaviour(mute=True)) as target:
+        adapter = adapter_for(protocol, target.url, manual=True)
+        async with WsChannel(adapter.connect_request()) as channel:
+            await open_session(channel, adapter)
+            async with Conversation(channel, adapter, mode="flush") as conversation:
+                audio = clip("stop_music", adapter.sample_rate)
+                r = await conversation.turn(audio, answer_timeout=0.8)
+    assert r.outcome == "no_response" and r.response_s is None
+    # It still heard: the transcript came.
+    assert r.stt_text == "stop the music"
+
+
+async def test_a_rejected_setup_is_a_close_with_its_code() -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    from probed.adapters import GeminiLiveAdapter, GeminiLiveOptions
+
+    async with VoiceTarget("gemini") as target:
+        # A Vertex-style path that is not one: the emulator refuses the model like Gemini does.
+        adapter = GeminiLiveAdapter(GeminiLiveOptions(url=target.url, model="publishers/x"))
+        async with WsChannel(adapter.connect_request()) as channel:
+            with pytest.raises(ConnectionClosed) as closed:
+                await open_session(channel, adapter)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
