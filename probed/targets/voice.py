@@ -187,6 +187,8 @@ class VoiceTarget(Service):
         self._sockets.add(ws)
         self.counters.sessions += 1
         session = _Session(self, ws)
+        # The legacy beta interface names response events the old way.
+        session.beta = request.headers.get("OpenAI-Beta", "").startswith("realtime")
         try:
             if self.protocol == "gemini" and not self._authorised(request):
                 await ws.close(
@@ -223,6 +225,7 @@ class _Session:
         self.background: list[asyncio.Task[None]] = []
         self.closed = False
         self.unanswered = False
+        self.beta = False
 
     # -- framing ----------------------------------------------------------------------------
 
@@ -630,7 +633,8 @@ class _Session:
                 part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
                 await self.send({"serverContent": {"modelTurn": {"parts": [part]}}})
             else:
-                await self.send({"type": "response.output_audio.delta", "response_id": "resp_a",
+                name = "response.audio.delta" if self.beta else "response.output_audio.delta"
+                await self.send({"type": name, "response_id": "resp_a",
                                  "item_id": item, "delta": data})  # fmt: skip
         if self.gemini:
             await self.send({"serverContent": {"outputTranscription": {"text": "Done."}}})

@@ -416,6 +416,8 @@ class Conversation:
         if abs(audio.chunk_seconds - self.chunk_seconds) > 1e-9:
             raise ValueError("the clip was cut in chunks of another size than the adapter's")
         turn = _Turn(audio, self.mode, expect, self.adapter.output_rate)
+        # A connection already lost fails the turn at once instead of at its timeout.
+        turn.result.transport_error = self.transport_error
         self.adapter.new_turn()
         self._current = turn
         self._play(turn)

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from probed.adapters import OpenAIRealtimeAdapter, OpenAIRealtimeOptions, VoiceAdapter
 from probed.speech.session import SetupError, open_session
 from probed.targets.voice import Protocol as Proto
 from probed.targets.voice import ToolFault, VoiceBehaviour, VoiceTarget
@@ -74,24 +75,37 @@ async def test_response_and_tool_call_latencies_track_the_configured_delay(proto
           {k: base_and_spread(v) for k, v in excess.items()})  # fmt: skip
 
 
-@pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_server_vad_turn_and_the_provider_view(protocol: Proto) -> None:
-    async with VoiceTarget(
-        protocol, behaviour=VoiceBehaviour(delay=0.2, answer_seconds=0.4)
-    ) as target:
-        adapter = adapter_for(protocol, target.url)
+async def vad_turn(protocol: Proto, variant: str) -> TurnResult:
+    behaviour = VoiceBehaviour(delay=0.2, answer_seconds=0.4)
+    text_frames = variant == "text"
+    async with VoiceTarget(protocol, behaviour=behaviour, text_frames=text_frames) as target:
+        if variant == "beta":
+            adapter: VoiceAdapter = OpenAIRealtimeAdapter(
+                OpenAIRealtimeOptions(url=target.url, beta=True, silence_duration_ms=300)
+            )
+        else:
+            adapter = adapter_for(protocol, target.url)
         async with WsChannel(adapter.connect_request()) as channel:
             await open_session(channel, adapter)
             async with Conversation(channel, adapter, mode="vad") as conversation:
-                r = await conversation.turn(clip("lights_on", adapter.sample_rate))
-    assert r.outcome == "ok" and r.stt_text == "turn on the kitchen lights"
-    assert r.response_s is not None
-    # Endpointing silence (300 ms) plus the configured delay.
-    assert 0.45 <= r.response_s <= 0.5 + SLACK
-    if protocol == "openai":
-        # OpenAI's own view: its end of speech is 300 ms of silence after the fixture's.
-        assert r.provider_endpoint_s == pytest.approx(0.3, abs=0.03)
-        assert r.provider_eos_s is not None and r.provider_eos_s < r.response_s
+                return await conversation.turn(clip("lights_on", adapter.sample_rate))
+
+
+async def test_server_vad_turns_and_the_provider_view() -> None:
+    """Gemini with JSON in binary and in text frames, OpenAI with GA and beta event names."""
+    variants: list[tuple[Proto, str]] = [
+        ("gemini", "binary"), ("gemini", "text"), ("openai", "ga"), ("openai", "beta"),
+    ]  # fmt: skip
+    results = await asyncio.gather(*(vad_turn(p, v) for p, v in variants))
+    for (protocol, variant), r in zip(variants, results, strict=True):
+        assert r.outcome == "ok" and r.stt_text == "turn on the kitchen lights", variant
+        assert r.response_s is not None and r.unexpected_audio == 0
+        # Endpointing silence (300 ms) plus the configured delay.
+        assert 0.45 <= r.response_s <= 0.5 + SLACK, (variant, r.response_s)
+        if protocol == "openai":
+            # OpenAI's own view: its end of speech is 300 ms of silence after the fixture's.
+            assert r.provider_endpoint_s == pytest.approx(0.3, abs=0.03)
+            assert r.provider_eos_s is not None and r.provider_eos_s < r.response_s
 
 
 async def barge(protocol: Proto, yield_delay: float | None) -> BargeInResult:
