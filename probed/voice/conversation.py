@@ -1,8 +1,9 @@
 """A held conversation with a voice agent: turns and barge-ins, timed from the known speech.
 
 Like probed.speech.run_utterance, but for a turn with an answer. A microphone task sends audio
-at real-time pace on absolute deadlines for the whole conversation (silence between turns in
-vad mode, as a live microphone does; nothing in flush mode); a reader task timestamps and parses
+at real-time pace on absolute deadlines for the whole conversation (in vad mode real silence
+after the speech until the turn is measured, and between turns if asked; nothing but the speech
+in flush mode); a reader task timestamps and parses
 every frame and routes its events to the turn they belong to. Nothing here knows about metrics,
 configuration or reconnecting.
 
@@ -173,8 +174,12 @@ class Conversation:
         quiet: float = 1.5,
         transcript_grace: float = 1.0,
         on_lateness: Callable[[float], None] | None = None,
+        idle_audio: bool = False,
         clock: Callable[[], int] = time.perf_counter_ns,
     ) -> None:
+        """`idle_audio`: in vad mode keep sending silence between turns too, like an open
+        microphone; by default silence flows only during a turn (after the speech, while the
+        answer plays), since providers bill audio by its duration."""
         if mode not in ("vad", "flush"):
             raise ValueError(f"unknown end-of-speech mode {mode!r}")
         self.channel = channel
@@ -185,6 +190,8 @@ class Conversation:
         self.transcript_grace = transcript_grace
         self.on_lateness = on_lateness
         self.clock = clock
+        self.idle_audio = idle_audio
+        self._in_turn = False
         self.chunk_seconds = adapter.chunk_ms / 1000
         self._silence = bytes(2 * adapter.sample_rate * adapter.chunk_ms // 1000)
         self.audio_sent_s = 0.0  # the provider's audio clock
@@ -233,7 +240,7 @@ class Conversation:
     async def _tick(self, _index: int) -> None:
         turn = self._playing
         if turn is None:
-            if self.mode == "vad":
+            if self.mode == "vad" and (self._in_turn or self.idle_audio):
                 await self.channel.send(self.adapter.audio_message(self._silence))
                 self.audio_sent_s += self.chunk_seconds
             return
@@ -419,6 +426,7 @@ class Conversation:
         # A connection already lost fails the turn at once instead of at its timeout.
         turn.result.transport_error = self.transport_error
         self.adapter.new_turn()
+        self._in_turn = True
         self._current = turn
         self._play(turn)
         return turn
@@ -498,6 +506,7 @@ class Conversation:
             return await self._measure(turn, answer_timeout)
         finally:
             self._current = self._answering = None
+            self._in_turn = False
 
     async def barge_in(
         self,
@@ -531,6 +540,7 @@ class Conversation:
             return result
         finally:
             self._current = self._answering = None
+            self._in_turn = False
 
     async def _until_audible(self, one: _Turn, after: float, limit: float) -> None:
         r = one.result
