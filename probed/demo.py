@@ -17,6 +17,7 @@ from probed.status import RECENT, ProbeStatus
 from probed.targets.echo import EchoTarget
 from probed.targets.proxy import FaultProxy
 from probed.targets.pubsub import PubSubTarget
+from probed.targets.stt import SttTarget
 
 DEMO_LISTEN = "127.0.0.1:9464"
 _SUMMARY_EVERY = 5.0
@@ -73,6 +74,15 @@ probes:
       match:
         json: id
         where: {{type: message}}
+  # Speech-to-text: fixture speech at real-time pace to a Deepgram-protocol emulator (fast
+  # mode: it endpoints on energy and answers with the fixture's transcript, 150 ms later).
+  - name: stt-deepgram
+    kind: speech
+    adapter: deepgram
+    url: {stt}
+    interval: 4s
+    end_of_speech: flush
+    fixtures: [lights_on, run_tests, weather_question, create_function]
   # The HTTP API beside the realtime service (here: the echo target's status endpoint).
   - name: api-status
     kind: http
@@ -123,6 +133,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         EchoTarget(delay=0.04, jitter=0.02) as slow,
         EchoTarget() as behind_proxy,
         PubSubTarget(delay=0.01, jitter=0.005, chatter_interval=1.0) as room,
+        SttTarget("deepgram", fast=True, delay=0.15, jitter=0.03) as stt,
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
     ):
         text = DEMO_CONFIG.format(
@@ -131,6 +142,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             proxied=f"ws://127.0.0.1:{proxy.port}/ws",
             api=f"{fast.control_url}status",
             room=room.url,
+            stt=stt.url,
         )
         config = parse_config(text, source="<demo>")
         daemon = Daemon(config, listen=listen or DEMO_LISTEN)

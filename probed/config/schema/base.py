@@ -44,6 +44,11 @@ class ProbeConfig(StrictModel):
         """Where the probe points, for labels and logs: never credentials or a query string."""
         raise NotImplementedError
 
+    @property
+    def adapter_label(self) -> str:
+        """The `adapter` label of probe_info: which provider protocol (and mode) a probe speaks."""
+        return ""
+
     def slo_thresholds(self) -> tuple[float, ...]:
         """The probe's SLO thresholds; each becomes an exact bucket boundary of its histograms."""
         return ()

@@ -54,6 +54,18 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
 ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 
+def _existing_dir(value: Path, info: ValidationInfo) -> Path:
+    path = value
+    if isinstance(info.context, _LoadContext) and info.context.base_dir is not None:
+        path = info.context.base_dir / value
+    if not path.is_dir():
+        raise _fail(f"{path} is not a folder")
+    return path
+
+
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
+
+
 class TlsConfig(StrictModel):
     ca_file: ReadableFile | None = None
     cert_file: ReadableFile | None = None
