@@ -316,6 +316,7 @@ class SessionMetrics:
         if reconnect is not None:
             _child(p.reconnect, role).observe(reconnect)
             p.status.last_reconnect_s = reconnect
+        p.status.session_up(phases, self.role or "", reconnect)
         if cert_expiry is not None:
             if p.cert_expiry is None:
                 p.cert_expiry = Gauge(
@@ -337,6 +338,7 @@ class SessionMetrics:
         self._p.connect_errors.labels(reason, *self._role).inc()
         self._p.set_success(False)
         self._p.status.error("connect failed", reason, detail)
+        self._p.status.connect_failed(reason, detail, self.role or "")
 
     def disconnected(self, reason: str, close_code: int | None, close_reason: str = "") -> None:
         p, role = self._p, self._role
@@ -351,6 +353,13 @@ class SessionMetrics:
         if close_reason:
             detail += f" {close_reason!r}"
         p.status.last_close = Event(time.time(), "session ended", reason, detail.strip())
+        p.status.session_down(
+            reason,
+            close_code,
+            close_reason,
+            failure=reason not in INTENDED_ENDS,
+            role=self.role or "",
+        )
         self.connected = False
         self.disconnects += 1
         if reason not in INTENDED_ENDS:

@@ -46,9 +46,11 @@ class MessageMetrics:
         if count:
             self._lost.inc(count)
             self._status.lost += count
+            self._status.failed("lost", f"{count} message(s) unanswered")
 
     def unmatched(self, reason: str) -> None:
         self._unmatched.labels(reason).inc()
+        self._status.failed("unmatched", reason)
 
     def record(self, got: Received, at_ns: int) -> bool:
         """Count one inbound message's outcome; True if it answered a message in time."""
@@ -58,9 +60,15 @@ class MessageMetrics:
             if got.reordered:
                 self._reordered.inc()
             self.latency.observe(got.sent.sent_ns, at_ns)
+            self._status.measured(
+                "reply",
+                (at_ns - got.sent.sent_ns) / 1e9,
+                f"seq {got.sent.seq}" + (" (reordered)" if got.reordered else ""),
+            )
             return True
         if got.outcome is Outcome.DUPLICATE:
             self._duplicated.inc()
+            self._status.failed("duplicate", f"seq {got.sent.seq}" if got.sent else "")
         elif got.outcome is Outcome.LATE:
             if got.lost_now:
                 self.lost()

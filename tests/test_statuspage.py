@@ -1,0 +1,138 @@
+"""The status page and the JSON API, on a real daemon, and the history behind them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from probed.status import KEPT_FAILED_CYCLES, KEPT_OK_CYCLES, KEPT_OK_STEPS, ProbeStatus
+from probed.statuspage import NO_PROBES, page_html
+from probed.targets.echo import EchoTarget
+from tests.conftest import RunningDaemon, config, wait_until
+
+StartDaemon = Callable[..., Awaitable[RunningDaemon]]
+HOSTILE = '<script>alert("x")</script>'
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def get_json(url: str) -> tuple[int, object]:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        return resp.status, await resp.json()
+
+
+@pytest.fixture
+async def rude_server() -> AsyncIterator[str]:
+    """Accepts, reads one message and closes with 4001 and a reason full of HTML."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.close(4001, HOSTILE)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+
+
+def two_probes(good: str, bad: str) -> str:
+    return (
+        "probes:\n"
+        f"  - {{name: healthy, kind: echo, url: '{good}', interval: 50ms, timeout: 1s}}\n"
+        f"  - name: failing\n    kind: echo\n    url: '{bad}'\n    interval: 50ms\n"
+        "    timeout: 1s\n    connection: {reconnect: {initial: 50ms, max: 100ms}}\n"
+    )
+
+
+async def test_page_and_api_show_the_healthy_and_the_failing_probe(
+    echo: EchoTarget, rude_server: str, start_daemon: StartDaemon
+) -> None:
+    d = await start_daemon(config(two_probes(echo.url, rude_server)))
+    statuses = {p.name: p.status for p in d.daemon.exposition.probes()}
+    await wait_until(
+        lambda: (
+            len(statuses["healthy"].recent) >= 3
+            and statuses["failing"].disconnects["server_close"] >= 2
+        ),
+        what="replies on one probe, closes on the other",
+    )
+    status, body = await get(f"{d.url}/")
+    assert status == 200
+    assert 'data-probe="healthy" data-state="ok"' in body
+    assert 'data-probe="failing" data-state="failing"' in body
+    # The close reason came from the network: shown, but only ever as text.
+    assert HOSTILE not in body
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in body
+    assert "close 4001" in body
+    assert "<title>FAILING probed" in body
+    # The failing probe comes first: that is what the person opened the page for.
+    assert body.index('data-probe="failing"') < body.index('data-probe="healthy"')
+
+    status, api = await get_json(f"{d.url}/api/v1/probes")
+    assert status == 200 and isinstance(api, dict)
+    by_name = {p["name"]: p for p in api["probes"]}
+    assert by_name["healthy"]["state"] == "ok" and by_name["healthy"]["p50_s"] is not None
+    assert by_name["healthy"]["kind"] == "echo" and by_name["healthy"]["target"] == echo.url
+    failing = by_name["failing"]
+    assert failing["state"] == "failing"
+    assert failing["disconnects"]["server_close"] >= 2
+    ended = [c for c in failing["cycles"] if c["ended"] is not None]
+    assert ended and ended[0]["close_code"] == 4001 and ended[0]["close_reason"] == HOSTILE
+    assert not ended[0]["ok"] and ended[0]["phases_s"].keys() >= {"tcp", "upgrade"}
+    assert api["warnings"] == [] and api["configured"] == 2
+
+    status, one = await get_json(f"{d.url}/api/v1/probes/healthy")
+    assert status == 200 and isinstance(one, dict) and one["name"] == "healthy"
+    steps = [s for c in one["cycles"] for s in c["steps"]]
+    assert any(s["what"] == "reply" and s["latency_s"] > 0 for s in steps)
+    status, missing = await get_json(f"{d.url}/api/v1/probes/nope")
+    assert status == 404 and isinstance(missing, dict) and missing["error"] == "no such probe"
+
+
+async def test_a_config_without_probes_says_so(start_daemon: StartDaemon) -> None:
+    d = await start_daemon(config("global: {}\n"))
+    status, body = await get(f"{d.url}/")
+    assert status == 200 and 'id="no-probes"' in body and "has no probes" in body
+    status, api = await get_json(f"{d.url}/api/v1/probes")
+    assert isinstance(api, dict) and api["warnings"] == [NO_PROBES] and api["probes"] == []
+
+
+def test_failures_are_kept_longer_than_successes() -> None:
+    status = ProbeStatus("p", "echo", "ws://x/")
+    status.session_up({"tcp": 0.001})
+    status.failed("lost", "1 message(s) unanswered")
+    for seq in range(KEPT_OK_STEPS * 3):
+        status.measured("reply", 0.002, f"seq {seq}")
+    status.session_down("reset", None, "", failure=True)
+    for _ in range(KEPT_OK_CYCLES * 4):
+        status.session_up({"tcp": 0.001})
+        status.measured("reply", 0.002)
+        status.session_down("churn", None, "", failure=False)
+    cycles = status.cycles()
+    assert sum(c.ok for c in cycles) == KEPT_OK_CYCLES
+    (failed,) = [c for c in cycles if not c.ok]
+    # Sixty replies later, the one lost message is still in that session's timeline.
+    whats = [s.what for s in failed.steps]
+    assert whats[:2] == ["connected", "lost"] and whats[-1] == "session ended: reset"
+    assert whats.count("reply") == KEPT_OK_STEPS
+    assert failed.measured == KEPT_OK_STEPS * 3
+
+    for _ in range(KEPT_FAILED_CYCLES + 5):
+        status.connect_failed("refused", "tcp: connection refused")
+    assert sum(not c.ok for c in status.cycles()) == KEPT_FAILED_CYCLES
+    assert sum(c.ok for c in status.cycles()) == KEPT_OK_CYCLES
+
+
+def test_page_escapes_what_came_from_the_network() -> None:
+    status = ProbeStatus("p", "echo", "ws://x/")
+    status.session_up({"tcp": 0.001})
+    status.session_down("server_close", 4001, HOSTILE, failure=True)
+    status.error("connect failed", "protocol_error", f"upgrade: {HOSTILE}")
+    status.success = False
+    page = page_html([status], configured=1)
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;") == 3  # last error, last close... and the timeline
