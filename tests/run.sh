@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests drive for real: promtool (prometheus), a CONNECT proxy (tinyproxy).
+# Debian packages the tests drive for real: promtool (prometheus), a CONNECT proxy (tinyproxy),
+# a headless browser for the status page (chromium).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"
