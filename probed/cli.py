@@ -93,29 +93,38 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from probed import kinds
+    from probed.debugrun import OnceResult, report, report_json
 
     config = _load(args.config)
     if config is None:
         return 1
     selected = [p for p in config.probes if args.probe in (None, p.name)]
     if not selected:
-        print(f"probed once: no probe named {args.probe!r}", file=sys.stderr)
+        if not config.probes:
+            print(f"probed once: {args.config} has no probes", file=sys.stderr)
+        else:
+            print(f"probed once: no probe named {args.probe!r}", file=sys.stderr)
         return 1
-    logs.configure("debug", json=_json_logs(args), timeline=True)
+    # The report goes to stdout; logs only when asked for, on stderr, so --json stays parseable.
+    logs.configure(args.log_level or "critical", json=_json_logs(args), stream=sys.stderr)
 
-    async def main() -> bool:
-        ok = True
+    async def main() -> list[OnceResult]:
+        results = []
         for cfg in selected:
             metrics = kinds.new_metrics(cfg)
             log = logs.get(probe=cfg.name)
             log.info("probing", kind=cfg.kind, target=cfg.target)
             passed = await kinds.build(cfg, metrics, log).once()
             (log.info if passed else log.error)("result", success=passed)
-            ok = ok and passed
-        return ok
+            results.append(OnceResult(metrics.status, passed))
+        return results
 
-    ok = _run_loop(main())
-    return 0 if ok else 1
+    results = _run_loop(main())
+    if args.json:
+        print(json.dumps(report_json(results), indent=2))
+    else:
+        print(report(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -178,8 +187,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")
-    once.add_argument("-c", "--config", required=True)
-    once.add_argument("--probe", help="only this probe")
+    once.add_argument(
+        "-c", "--config", required=True, help="YAML config file whose probes to run once"
+    )
+    once.add_argument("--probe", help="only this probe (by name)")
+    once.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the timeline"
+    )
+    once.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="also print the probes' logs at this level, on stderr (default: none)",
+    )
     once.set_defaults(func=cmd_once)
 
     demo = add("demo", "reference targets on loopback plus the daemon probing them")

@@ -194,9 +194,10 @@ class ProbeStatus:
     def session_up(
         self, phases: Mapping[str, float], role: str = "", reconnect: float | None = None
     ) -> Cycle:
-        cycle = Cycle.begin(role)
-        cycle.phases = dict(phases)
         total = sum(phases.values())
+        # The cycle began when the dial did, so the timeline shows the connect taking its time.
+        cycle = Cycle(time.time() - total, time.perf_counter() - total, role)
+        cycle.phases = dict(phases)
         cycle.step("connected", detail=_phases_text(phases), latency_s=total, pin=True)
         if reconnect is not None:
             self.last_reconnect_at = time.time()
