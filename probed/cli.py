@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config,
             config_path=Path(args.config),
             listen=args.listen,
+            log_level=args.log_level,
         )
         await daemon.run()
 
@@ -88,6 +89,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     names = ", ".join(p.name for p in config.probes) or "none"
     print(f"{args.config}: OK, {len(config.probes)} probe(s): {names}")
+    if not config.probes:
+        print(
+            f"probed check: warning: {args.config} has no probes; `probed run` would start and "
+            "measure nothing (add entries under probes:)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -154,10 +161,35 @@ TARGETS: dict[str, tuple[str, str]] = {
 }
 
 
+EPILOG = """\
+examples:
+  probed demo                           reference targets on loopback, probed, a live table
+  probed check -c probed.yaml           validate a config: every error with its file and line
+  probed once -c probed.yaml            each probe once, with a timeline; exit 1 on failure
+  probed once -c probed.yaml --json     the same as one JSON document
+  probed run -c probed.yaml             the daemon
+  (example configs, one per probe kind: examples/ in the source tree)
+
+signals (probed run):
+  SIGTERM, SIGINT    close sessions (close code 1001) and exit 0
+  SIGHUP             reload the config; unchanged probes keep their sessions, a bad file
+                     keeps the running config
+
+HTTP endpoints (probed run, at global.listen or --listen):
+  /                  status page: every probe, its state, latency vs SLO, recent failures
+  /api/v1/probes     the same as JSON (/api/v1/probes/NAME for one probe)
+  /metrics           Prometheus metrics
+  /-/healthy         liveness        /-/ready   readiness (probes started)
+  /-/reload          POST or PUT: reload the config, like SIGHUP
+"""
+
+
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed",
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"probed {__version__}")
     # Accepted before or after the subcommand: `probed --log-format json run` and `run --log-...`.
@@ -176,9 +208,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         return made
 
     run = add("run", "run the daemon")
+    run.epilog = EPILOG.split("\n\n", 1)[1]  # signals and endpoints
+    run.formatter_class = argparse.RawDescriptionHelpFormatter
     run.add_argument("-c", "--config", required=True, help="YAML config file")
     run.add_argument("--listen", type=_listen, help="HTTP listen address (overrides global.listen)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="log level: overrides global.log_level, also across reloads (default: the config's)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = add("check", "validate a config file (exit 0/1)")

@@ -1,6 +1,7 @@
 """The top of the config file: Config with its global: settings and probes: list."""
 
 import re
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final, Literal
 
@@ -103,19 +104,25 @@ class Config(StrictModel):
     probes: list[ProbeConfig] = Field(default_factory=list)
 
     def _semantic_problems(self) -> list[Problem]:
-        problems: list[Problem] = []
-        first: dict[str, int] = {}
-        for index, probe in enumerate(self.probes):
-            if probe.name in first:
-                problems.append(
-                    (
-                        ("probes", index, "name"),
-                        f'duplicate probe name "{probe.name}" '
-                        f"(first used by probes[{first[probe.name]}])",
-                    )
+        return duplicate_name_problems([probe.name for probe in self.probes])
+
+
+def duplicate_name_problems(names: Sequence[object]) -> list[Problem]:
+    """Probes sharing a name; also run by the loader on raw data when a probe is invalid."""
+    problems: list[Problem] = []
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            problems.append(
+                (
+                    ("probes", index, "name"),
+                    f'duplicate probe name "{name}" (first used by probes[{first[name]}])',
                 )
-            first.setdefault(probe.name, index)
-        return problems
+            )
+        first.setdefault(name, index)
+    return problems
 
 
 _models: dict[tuple[type[ProbeConfig], ...], type[Config]] = {}
