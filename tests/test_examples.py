@@ -1,0 +1,60 @@
+"""Every config in examples/ passes `probed check`; every probe kind has one; loopback ones run."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from probed import kinds
+from probed.targets.echo import EchoTarget
+from tests.test_cli import cli
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+FILES = sorted(EXAMPLES.glob("*.yaml"))
+TEXTS = {path.name: path.read_text() for path in FILES}
+INDEX = (EXAMPLES / "README.md").read_text() if (EXAMPLES / "README.md").exists() else ""
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def placeholder_env(text: str) -> dict[str, str]:
+    """A harmless value for every ${VAR} an example reads (each file documents its own)."""
+    return {name: f"example-{name.lower()}" for name in _VAR.findall(text)}
+
+
+def test_there_are_examples() -> None:
+    assert FILES, "examples/*.yaml is empty"
+    assert INDEX, "examples/README.md is missing"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+async def test_example_passes_probed_check(path: Path) -> None:
+    code, out, err = await cli("check", "-c", str(path), env=placeholder_env(TEXTS[path.name]))
+    assert code == 0, err
+    assert "OK" in out and "warning" not in err
+    assert path.name in INDEX, "list it in examples/README.md"
+
+
+def test_every_probe_kind_has_an_example() -> None:
+    shown = {
+        probe.get("kind")
+        for text in TEXTS.values()
+        for probe in (yaml.safe_load(text).get("probes") or [])
+    }
+    missing = set(kinds.KINDS) - shown
+    assert not missing, f"no example in examples/ for kind(s): {sorted(missing)}"
+
+
+async def test_the_loopback_echo_example_runs(tmp_path: Path, echo: EchoTarget) -> None:
+    text = TEXTS["echo.yaml"]
+    assert "ws://127.0.0.1:8765/ws" in text
+    # Same file, pointed at a target on a free port instead of 8765.
+    config = tmp_path / "echo.yaml"
+    config.write_text(text.replace("ws://127.0.0.1:8765/ws", echo.url))
+    code, out, err = await cli("once", "-c", str(config), "--json")
+    assert code == 0, out + err
+    (probe,) = json.loads(out)["probes"]
+    assert probe["name"] == "echo-local" and probe["ok"] and probe["latency_s"] > 0
