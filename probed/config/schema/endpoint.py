@@ -43,12 +43,26 @@ def url_target(url: str) -> str:
 
 class WebSocketEndpoint(StrictModel):
     # Not in repr: a URL can carry credentials (userinfo, ?key=...). `target` is the safe form.
-    url: str = Field(repr=False, json_schema_extra={"pattern": "^[wW][sS][sS]?://"})
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-    bearer_token: SecretStr | None = None
-    bearer_token_file: ReadableFile | None = None
-    subprotocols: list[str] = Field(default_factory=list)
-    tls: TlsConfig = TlsConfig()
+    url: str = Field(
+        repr=False,
+        json_schema_extra={"pattern": "^[wW][sS][sS]?://"},
+        description="ws:// or wss:// URL; labels and logs show it without credentials or query",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="extra handshake headers; values are secrets (never logged)",
+    )
+    bearer_token: SecretStr | None = Field(
+        default=None, description='sent as "Authorization: Bearer ..."; e.g. "${TOKEN}"'
+    )
+    bearer_token_file: ReadableFile | None = Field(
+        default=None,
+        description="file holding the bearer token, read at load and on reload",
+    )
+    subprotocols: list[str] = Field(
+        default_factory=list, description="WebSocket subprotocols to offer"
+    )
+    tls: TlsConfig = Field(default=TlsConfig(), description="TLS options (wss:// only)")
     proxy_url: SecretStr | None = Field(
         default=None,
         description="HTTP(S) CONNECT proxy, http://[user:password@]host:port",
@@ -57,7 +71,10 @@ class WebSocketEndpoint(StrictModel):
         default=False,
         description="use HTTPS_PROXY / HTTP_PROXY and NO_PROXY from the environment",
     )
-    connection: ConnectionConfig = ConnectionConfig()
+    connection: ConnectionConfig = Field(
+        default=ConnectionConfig(),
+        description="connect deadline, keepalive, reconnect backoff, churn",
+    )
 
     # Read at load so a missing token fails `probed check`, not the first connect at 3 am. Being
     # private state it still takes part in ==, so a rotated token counts as a changed probe.

@@ -47,15 +47,26 @@ def split_listen(value: str) -> tuple[str, int]:
 
 
 class GlobalConfig(StrictModel):
-    listen: str = "127.0.0.1:9464"
+    listen: str = Field(
+        default="127.0.0.1:9464",
+        description="HTTP address for /metrics, the status page and the API: host:port, "
+        "[v6]:port or :port (all interfaces); --listen overrides it",
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         json_schema_extra={"propertyNames": {"pattern": f"^{_LABEL_NAME_RE.pattern}$"}},
+        description="static labels added to every series, e.g. {location: eu-west-1}",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="--log-level overrides it"
+    )
     # A measurement taken while the event loop lagged more than this is tainted: kept out of the
     # latency histograms so a starved process raises a self-health alert, not a false SLO page.
-    loop_lag_threshold: Seconds = 0.05
+    loop_lag_threshold: Seconds = Field(
+        default=0.05,
+        description="a measurement taken while the event loop lagged more is tainted: counted "
+        "in probe_measurements_tainted_total, kept out of the latency histograms",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -99,9 +110,14 @@ class GlobalConfig(StrictModel):
 class Config(StrictModel):
     # Not `alias`: type checkers would then want Config(global=...), which is not valid Python.
     global_: GlobalConfig = Field(
-        default_factory=GlobalConfig, validation_alias="global", serialization_alias="global"
+        default_factory=GlobalConfig,
+        validation_alias="global",
+        serialization_alias="global",
+        description="settings of the daemon itself",
     )
-    probes: list[ProbeConfig] = Field(default_factory=list)
+    probes: list[ProbeConfig] = Field(
+        default_factory=list, description="what to measure; one entry per probe, by kind"
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         return duplicate_name_problems([probe.name for probe in self.probes])
@@ -139,6 +155,12 @@ def config_model() -> type[Config]:
     key = tuple(PROBE_KINDS.values())
     model = _models.get(key)
     if model is None:
-        fields: Any = {"probes": (list[probe_union()], Field(default_factory=list))}  # type: ignore[misc]
+        probes = Config.model_fields["probes"]
+        fields: Any = {
+            "probes": (
+                list[probe_union()],  # type: ignore[misc]
+                Field(default_factory=list, description=probes.description),
+            )
+        }
         model = _models[key] = create_model("Config", __base__=Config, **fields)
     return model
