@@ -25,6 +25,9 @@ NO_PROBES: Final = (
     "(SIGHUP or POST /-/reload)."
 )
 _REFRESH_S: Final = 10
+# Cycles shown per probe on the page (failed ones first); the API has all that is kept. Keeps the
+# page small and quick to render on the event loop with many probes.
+PAGE_CYCLES: Final = 6
 
 _CSS: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:8px;background:#f6f7f9;color:#1d2330}
@@ -156,7 +159,15 @@ def probe_html(status: ProbeStatus, now: float) -> str:
     )
     cycles = status.cycles()
     failed = sum(not c.ok for c in cycles)
-    history = "".join(_cycle_html(c, now) for c in cycles) or "<p>nothing yet</p>"
+    # The open session, then failures, then the rest: the failure that paged stays in view.
+    shown = sorted(cycles, key=lambda c: (c.ended is not None, c.ok))[:PAGE_CYCLES]
+    shown.sort(key=lambda c: c.started_mono, reverse=True)
+    history = "".join(_cycle_html(c, now) for c in shown) or "<p>nothing yet</p>"
+    if len(cycles) > len(shown):
+        history += (
+            f'<p><a href="/api/v1/probes/{_e(status.name)}">all {len(cycles)} kept cycles '
+            "(JSON)</a></p>"
+        )
     return (
         f'<section class="probe {_e(state)}" id="probe-{_e(status.name)}" '
         f'data-probe="{_e(status.name)}" data-state="{_e(state)}">'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 from probed import logs
 from probed.cli import build_parser, main
 from probed.config import ConfigError, TlsConfig, parse_config
+from probed.demo import summary
+from probed.status import RECENT, ProbeStatus
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, wait_until
 
@@ -74,6 +77,9 @@ async def test_an_empty_config_is_called_out_in_check_log_and_page(
     captured = capsys.readouterr()
     assert "OK, 0 probe(s)" in captured.out
     assert "warning" in captured.err and "has no probes" in captured.err
+
+    assert main(["once", "-c", str(path)]) == 1
+    assert "has no probes" in capsys.readouterr().err
 
     buf = io.StringIO()
     logs.configure("info", json=True, stream=buf)
@@ -139,3 +145,30 @@ def test_readme_documents_every_tls_option() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in TlsConfig.model_fields:
         assert f"{name}" in readme, f"README does not mention tls.{name}"
+
+
+def test_demo_table_says_which_figures_are_rolling_and_shows_reconnect_and_age() -> None:
+    status = ProbeStatus("echo-local", "echo", "ws://x/", slo=(0.05,))
+    status.recent.extend([0.001, 0.002, 0.2])
+    status.sessions_open, status.session_started = 1, time.time() - 30
+    status.last_reconnect_s, status.sent, status.lost = 0.25, 10, 1
+    out = io.StringIO()
+    summary([status], out)
+    groups, header, row = out.getvalue().strip().splitlines()
+    assert f"latest {RECENT} replies" in groups and "since start" in groups
+    assert header.split() == [
+        "probe",
+        "state",
+        "age",
+        "p50",
+        "p99",
+        "SLO",
+        "in",
+        "SLO",
+        "sent",
+        "lost",
+        "reconn",
+        "disconnects",
+    ]
+    assert row.split()[:3] == ["echo-local", "up", "30s"]
+    assert "67%" in row and "250.0ms" in row

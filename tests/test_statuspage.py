@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from probed.status import KEPT_FAILED_CYCLES, KEPT_OK_CYCLES, KEPT_OK_STEPS, ProbeStatus
-from probed.statuspage import NO_PROBES, page_html
+from probed.statuspage import NO_PROBES, PAGE_CYCLES, page_html
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, wait_until
 
@@ -136,3 +136,16 @@ def test_page_escapes_what_came_from_the_network() -> None:
     page = page_html([status], configured=1)
     assert "<script" not in page
     assert page.count("&lt;script&gt;") == 3  # last error, last close... and the timeline
+
+
+def test_page_shows_a_few_cycles_per_probe_failures_first_and_links_the_rest() -> None:
+    status = ProbeStatus("p", "echo", "ws://x/")
+    status.connect_failed("refused", "tcp: connection refused")  # the failure that paged
+    for _ in range(KEPT_OK_CYCLES):
+        status.session_up({"tcp": 0.001})
+        status.session_down("churn", None, "", failure=False)
+    status.session_up({"tcp": 0.001})  # the session open now
+    page = page_html([status], configured=1)
+    assert page.count('<div class="cycle') == PAGE_CYCLES
+    assert "connect failed at" in page and "session open since" in page
+    assert f'href="/api/v1/probes/p">all {KEPT_OK_CYCLES + 2} kept cycles' in page
