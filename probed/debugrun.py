@@ -66,7 +66,7 @@ def timeline(result: OnceResult) -> str:
             mark = " " if step.ok else "!"
             latency = _ms(step.latency_s) if step.latency_s is not None else ""
             lines.append(
-                f"  {mark} {f'+{step.offset_s * 1e3:.1f}ms':>10}  {step.what:<22} {latency:>9}  "
+                f"  {mark} {f'+{step.offset_s * 1e3:.1f}ms':>10}  {step.what:<28} {latency:>9}  "
                 f"{step.detail}".rstrip()
             )
     verdict = "OK" if result.ok else f"FAILED: {result.why}"

@@ -229,7 +229,7 @@ class EchoProbe:
             await session.ws.close()
             code, reason = close
             status.session_down(
-                "server_close" if code is not None else "once",
+                "server_close" if code is not None else "done",
                 code,
                 reason,
                 failure=not answered,
