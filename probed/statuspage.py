@@ -7,10 +7,13 @@ probe names are checked by the config, but close reasons and error details come 
 
 from __future__ import annotations
 
+import asyncio
 import html
+import json
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -28,6 +31,9 @@ _REFRESH_S: Final = 10
 # Cycles shown per probe on the page (failed ones first); the API has all that is kept. Keeps the
 # page small and quick to render on the event loop with many probes.
 PAGE_CYCLES: Final = 6
+# Probes shown with their timelines (failing first); the rest link to a page of their own. With a
+# thousand probes failing at once (a partition) the page stays small and renders in milliseconds.
+PAGE_DETAILED: Final = 20
 
 _CSS: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;padding:8px;background:#f6f7f9;color:#1d2330}
@@ -141,7 +147,34 @@ def _cycle_html(cycle: Cycle, now: float) -> str:
     return f'<div class="{css}"><div class="ch">{_e(head)}</div><table>{rows}</table></div>'
 
 
-def probe_html(status: ProbeStatus, now: float) -> str:
+def probe_html(status: ProbeStatus, now: float, *, detailed: bool = True) -> str:
+    """One probe's card; `detailed` adds its recent cycles, else a link to its own page."""
+    cycles = status.cycles()
+    failed = sum(not c.ok for c in cycles)
+    if not detailed:
+        link = f"/?probe={quote(status.name)}"
+        return _probe_head(status, now) + (
+            f'<p><a href="{_e(link)}">recent cycles ({len(cycles)}, {failed} failed)</a></p>'
+            "</section>"
+        )
+    # The open session, then failures, then the rest: the failure that paged stays in view.
+    shown = sorted(cycles, key=lambda c: (c.ended is not None, c.ok))[:PAGE_CYCLES]
+    shown.sort(key=lambda c: c.started_mono, reverse=True)
+    history = "".join(_cycle_html(c, now) for c in shown) or "<p>nothing yet</p>"
+    if len(cycles) > len(shown):
+        history += (
+            f'<p><a href="/api/v1/probes/{_e(quote(status.name))}">all {len(cycles)} kept '
+            "cycles (JSON)</a></p>"
+        )
+    return _probe_head(status, now) + (
+        f"<details{' open' if status.state == 'failing' else ''}>"
+        f"<summary>recent cycles ({len(cycles)}, {failed} failed)</summary>{history}</details>"
+        "</section>"
+    )
+
+
+def _probe_head(status: ProbeStatus, now: float) -> str:
+    """The card's heading and figures, up to its history."""
     state = status.state
     disconnects = (
         ", ".join(f"{reason} {count}" for reason, count in sorted(status.disconnects.items()))
@@ -157,17 +190,6 @@ def probe_html(status: ProbeStatus, now: float) -> str:
         if status.last_reconnect_s is not None
         else "none yet"
     )
-    cycles = status.cycles()
-    failed = sum(not c.ok for c in cycles)
-    # The open session, then failures, then the rest: the failure that paged stays in view.
-    shown = sorted(cycles, key=lambda c: (c.ended is not None, c.ok))[:PAGE_CYCLES]
-    shown.sort(key=lambda c: c.started_mono, reverse=True)
-    history = "".join(_cycle_html(c, now) for c in shown) or "<p>nothing yet</p>"
-    if len(cycles) > len(shown):
-        history += (
-            f'<p><a href="/api/v1/probes/{_e(status.name)}">all {len(cycles)} kept cycles '
-            "(JSON)</a></p>"
-        )
     return (
         f'<section class="probe {_e(state)}" id="probe-{_e(status.name)}" '
         f'data-probe="{_e(status.name)}" data-state="{_e(state)}">'
@@ -183,22 +205,25 @@ def probe_html(status: ProbeStatus, now: float) -> str:
         f"<dt>reconnect</dt><dd>{_e(reconnect)}</dd>"
         f"<dt>disconnects</dt><dd>{_e(disconnects)}</dd>"
         f"<dt>last error</dt><dd>{_event_text(status.last_error, now)}</dd>"
-        f"<dt>last close</dt><dd>{_event_text(status.last_close, now)}</dd>"
-        f"</dl><details{' open' if state == 'failing' else ''}>"
-        f"<summary>recent cycles ({len(cycles)}, {failed} failed)</summary>{history}</details>"
-        "</section>"
+        f"<dt>last close</dt><dd>{_event_text(status.last_close, now)}</dd></dl>"
     )
 
 
-def page_html(statuses: Iterable[ProbeStatus], *, configured: int) -> str:
+def page_html(statuses: Iterable[ProbeStatus], *, configured: int, only: str | None = None) -> str:
+    """The whole page; `only` narrows it to one probe (with its timeline, whatever the count)."""
     now = time.time()
     probes = sorted(statuses, key=lambda s: (s.state != "failing", s.name))
     failing = sum(s.state == "failing" for s in probes)
+    summary = f"{len(probes)} probes, {failing} failing" if probes else "no probes"
     if configured == 0:
         body = f'<p class="empty" id="no-probes">{_e(NO_PROBES)}</p>'
+    elif only is not None:
+        chosen = [s for s in probes if s.name == only]
+        body = '<p><a href="/">all probes</a></p>' + (
+            probe_html(chosen[0], now) if chosen else f"<p>no probe named {_e(only)}</p>"
+        )
     else:
-        body = "".join(probe_html(s, now) for s in probes)
-    summary = f"{len(probes)} probes, {failing} failing" if probes else "no probes"
+        body = "".join(probe_html(s, now, detailed=i < PAGE_DETAILED) for i, s in enumerate(probes))
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -221,13 +246,16 @@ def _statuses(daemon: Daemon) -> list[ProbeStatus]:
 
 async def _index(request: web.Request) -> web.Response:
     daemon = request.app[_DAEMON]
-    text = page_html(_statuses(daemon), configured=len(daemon.config.probes))
+    text = page_html(
+        _statuses(daemon), configured=len(daemon.config.probes), only=request.query.get("probe")
+    )
     return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-store"})
 
 
 async def _probes(request: web.Request) -> web.Response:
     daemon = request.app[_DAEMON]
-    history = request.query.get("history", "1") not in ("0", "false")
+    # Timelines only when asked: with many probes they are most of the bytes and the time.
+    history = request.query.get("history", "0") not in ("0", "false")
     statuses = sorted(_statuses(daemon), key=lambda s: s.name)
     body: dict[str, Any] = {
         "version": __version__,
@@ -235,19 +263,32 @@ async def _probes(request: web.Request) -> web.Response:
         "warnings": [] if daemon.config.probes else [NO_PROBES],
         "probes": [s.as_dict(history=history) for s in statuses],
     }
-    return web.json_response(body, headers={"Cache-Control": "no-store"})
+    return await _json(body)
+
+
+async def _json(body: object, status: int = 200) -> web.Response:
+    # Serialising is CPU work that grows with the probe count: off the loop (the dicts are built
+    # on it, so no probe is read while it changes).
+    text = await asyncio.to_thread(json.dumps, body)
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 async def _probe(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     for status in _statuses(request.app[_DAEMON]):
         if status.name == name:
-            return web.json_response(status.as_dict(), headers={"Cache-Control": "no-store"})
-    return web.json_response({"error": "no such probe", "probe": name}, status=404)
+            return await _json(status.as_dict())
+    return await _json({"error": "no such probe", "probe": name}, status=404)
 
 
 def add_routes(app: web.Application, daemon: Daemon) -> None:
-    """/ (the status page), /api/v1/probes and /api/v1/probes/{name}."""
+    """/ (the status page; ?probe=NAME for one), /api/v1/probes (?history=1 for the timelines)
+    and /api/v1/probes/{name} (with its timelines)."""
     app[_DAEMON] = daemon
     app.router.add_get("/", _index)
     app.router.add_get("/api/v1/probes", _probes)

@@ -9,7 +9,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from probed.status import KEPT_FAILED_CYCLES, KEPT_OK_CYCLES, KEPT_OK_STEPS, ProbeStatus
-from probed.statuspage import NO_PROBES, PAGE_CYCLES, page_html
+from probed.statuspage import NO_PROBES, PAGE_CYCLES, PAGE_DETAILED, page_html
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, wait_until
 
@@ -72,7 +72,11 @@ async def test_page_and_api_show_the_healthy_and_the_failing_probe(
     # The failing probe comes first: that is what the person opened the page for.
     assert body.index('data-probe="failing"') < body.index('data-probe="healthy"')
 
-    status, api = await get_json(f"{d.url}/api/v1/probes")
+    status, brief = await get_json(f"{d.url}/api/v1/probes")
+    assert status == 200 and isinstance(brief, dict)
+    assert [p["name"] for p in brief["probes"]] == ["failing", "healthy"]
+    assert not any("cycles" in p for p in brief["probes"])  # timelines only when asked
+    status, api = await get_json(f"{d.url}/api/v1/probes?history=1")
     assert status == 200 and isinstance(api, dict)
     by_name = {p["name"]: p for p in api["probes"]}
     assert by_name["healthy"]["state"] == "ok" and by_name["healthy"]["p50_s"] is not None
@@ -89,6 +93,8 @@ async def test_page_and_api_show_the_healthy_and_the_failing_probe(
     assert status == 200 and isinstance(one, dict) and one["name"] == "healthy"
     steps = [s for c in one["cycles"] for s in c["steps"]]
     assert any(s["what"] == "reply" and s["latency_s"] > 0 for s in steps)
+    status, page = await get(f"{d.url}/?probe=healthy")
+    assert status == 200 and 'data-probe="healthy"' in page and 'data-probe="failing"' not in page
     status, missing = await get_json(f"{d.url}/api/v1/probes/nope")
     assert status == 404 and isinstance(missing, dict) and missing["error"] == "no such probe"
 
@@ -149,3 +155,18 @@ def test_page_shows_a_few_cycles_per_probe_failures_first_and_links_the_rest() -
     assert page.count('<div class="cycle') == PAGE_CYCLES
     assert "connect failed at" in page and "session open since" in page
     assert f'href="/api/v1/probes/p">all {KEPT_OK_CYCLES + 2} kept cycles' in page
+
+
+def test_with_many_probes_only_the_first_few_carry_timelines() -> None:
+    statuses = []
+    for i in range(PAGE_DETAILED + 5):
+        status = ProbeStatus(f"p{i:02}", "echo", "ws://x/")
+        status.connect_failed("refused", "tcp")
+        status.success = i % 2 == 0  # odd ones are failing, and come first
+        statuses.append(status)
+    page = page_html(statuses, configured=len(statuses))
+    assert page.count("<details") == PAGE_DETAILED
+    assert page.count('<a href="/?probe=') == 5
+    assert page.index('data-probe="p01"') < page.index('data-probe="p00"')
+    one = page_html(statuses, configured=len(statuses), only="p24")
+    assert one.count("<section") == 1 and "<details" in one
