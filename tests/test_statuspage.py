@@ -87,6 +87,11 @@ async def test_page_and_api_show_the_healthy_and_the_failing_probe(
     ended = [c for c in failing["cycles"] if c["ended"] is not None]
     assert ended and ended[0]["close_code"] == 4001 and ended[0]["close_reason"] == HOSTILE
     assert not ended[0]["ok"] and ended[0]["phases_s"].keys() >= {"tcp", "upgrade"}
+    # The message the server read before closing: lost, and the timeline says why.
+    assert any(
+        s["what"] == "lost" and s["detail"].endswith("in flight when the session ended")
+        for s in ended[0]["steps"]
+    )
     assert api["warnings"] == [] and api["configured"] == 2
 
     status, one = await get_json(f"{d.url}/api/v1/probes/healthy")

@@ -104,7 +104,7 @@ class EchoProbe:
 
     def ended(self, session: Session, reason: str) -> None:
         # In flight when the session died: the service never delivered them.
-        self._msg.lost(self._tracker.settle())
+        self._msg.lost(self._tracker.settle(), "in flight when the session ended")
 
     # -- sending --------------------------------------------------------------------------------
 

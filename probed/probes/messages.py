@@ -42,11 +42,11 @@ class MessageMetrics:
         self._sent.inc()
         self._status.sent += 1
 
-    def lost(self, count: int = 1) -> None:
+    def lost(self, count: int = 1, why: str = "no reply within timeout") -> None:
         if count:
             self._lost.inc(count)
             self._status.lost += count
-            self._status.failed("lost", f"{count} message(s) unanswered")
+            self._status.failed("lost", f"{count} message(s): {why}")
 
     def unmatched(self, reason: str) -> None:
         self._unmatched.labels(reason).inc()
