@@ -158,6 +158,10 @@ def _json_logs(args: argparse.Namespace) -> bool | None:
 TARGETS: dict[str, tuple[str, str]] = {
     "echo": ("probed.targets.echo", "WebSocket echo server with fault controls"),
     "proxy": ("probed.targets.proxy", "fault-injecting TCP proxy with a control endpoint"),
+    "pubsub": (
+        "probed.targets.pubsub",
+        "pub/sub rooms with acks, broadcast, delivery faults and ground truth",
+    ),
 }
 
 

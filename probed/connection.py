@@ -22,6 +22,7 @@ from websockets.frames import CloseCode
 from probed.config import ReconnectConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
 from probed.metrics import SessionMetrics
+from probed.scripting import SetupScript
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
@@ -68,6 +69,8 @@ class Session:
     # ones, and the supervisor carries it into the next session's setup.
     resume_handle: str | None
     secrets: tuple[str, ...] = ()
+    # Values the setup steps captured (a session id, a room id), for the probe's own templates.
+    variables: dict[str, str] = field(default_factory=dict)
     last_inbound_ns: int = field(default_factory=time.perf_counter_ns)
     draining: bool = False
 
@@ -184,6 +187,7 @@ class Supervisor:
         handler: SessionHandler,
         log: structlog.typing.FilteringBoundLogger,
         cycle: float | None = None,
+        variables: Mapping[str, str] | None = None,
     ) -> None:
         self._dialer = Dialer(endpoint)
         self._cfg = endpoint.connection
@@ -192,6 +196,7 @@ class Supervisor:
         self._handler = handler
         self._log = log if metrics.role is None else log.bind(role=metrics.role)
         self._cycle = cycle
+        self._script = SetupScript(endpoint.setup, variables or {}, self._log)
         self._epoch = 0
         self._secrets = tuple(v for v in endpoint.request_headers().values() if len(v) >= 4)
         # Carried from one session into the next setup, for providers that can resume.
@@ -285,6 +290,11 @@ class Supervisor:
         )
         limit = self._cfg.connect_timeout
         started = time.perf_counter()
+        try:
+            await self._script.run(session)
+        except ConnectError:
+            conn.transport.abort()
+            raise
         try:
             async with asyncio.timeout(limit):
                 await self._handler.setup(session)

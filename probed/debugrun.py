@@ -21,7 +21,8 @@ class OnceResult:
     def connect_s(self) -> float | None:
         for cycle in self.status.cycles():
             if cycle.phases:
-                return sum(cycle.phases.values())
+                # Setting up the connection only: an HTTP check's first_byte is the request.
+                return sum(v for k, v in cycle.phases.items() if k != "first_byte")
         return None
 
     @property

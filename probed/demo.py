@@ -46,6 +46,12 @@ probes:
     connection:
       churn: 1m
       keepalive: {{interval: 3s, timeout: 2s}}
+  # The HTTP API beside the realtime service (here: the echo target's status endpoint).
+  - name: api-status
+    kind: http
+    url: {api}
+    interval: 1s
+    slo: {{latency: 200ms}}
 """
 
 _FAULT_EVERY = 30.0
@@ -96,7 +102,10 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
     ):
         text = DEMO_CONFIG.format(
-            fast=fast.url, slow=slow.url, proxied=f"ws://127.0.0.1:{proxy.port}/ws"
+            fast=fast.url,
+            slow=slow.url,
+            proxied=f"ws://127.0.0.1:{proxy.port}/ws",
+            api=f"{fast.control_url}status",
         )
         config = parse_config(text, source="<demo>")
         daemon = Daemon(config, listen=listen or DEMO_LISTEN)

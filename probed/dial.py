@@ -28,6 +28,7 @@ from websockets.typing import Subprotocol
 from probed import __version__
 from probed.config import ConnectionConfig, TlsConfig
 from probed.config.schema.endpoint import proxy_credentials
+from probed.config.schema.scripting import SetupStepConfig
 
 _HTTP = b"HTTP/"
 _PROXY_HEAD_LIMIT = 16 * 1024
@@ -169,6 +170,8 @@ class Endpoint(Protocol):
     def tls(self) -> TlsConfig: ...
     @property
     def connection(self) -> ConnectionConfig: ...
+    @property
+    def setup(self) -> Sequence[SetupStepConfig]: ...
     def request_headers(self) -> dict[str, str]: ...
     def proxy(self) -> str | None: ...
 

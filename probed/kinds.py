@@ -17,6 +17,7 @@ import structlog
 
 from probed.config.schema.base import ProbeConfig
 from probed.config.schema.echo import EchoProbeConfig
+from probed.config.schema.http import HttpProbeConfig
 from probed.config.schema.probes import register_model, unregister_model
 
 if TYPE_CHECKING:
@@ -53,7 +54,10 @@ class Kind:
         return found
 
 
-BUILT_IN: Final = (Kind(EchoProbeConfig, "probed.probes.echo:EchoProbe"),)
+BUILT_IN: Final = (
+    Kind(EchoProbeConfig, "probed.probes.echo:EchoProbe"),
+    Kind(HttpProbeConfig, "probed.probes.http:HttpProbe"),
+)
 
 _KINDS: dict[str, Kind] = {}
 KINDS: Final[Mapping[str, Kind]] = MappingProxyType(_KINDS)

@@ -161,16 +161,6 @@ class ProbeMetrics:
             "1 if the latest cycle met its expectations (sessions up, latest measurement in time).",
             registry=reg,
         )
-        self.open = Gauge(
-            "probe_connections_open", "Sessions currently usable.", role, registry=reg
-        )
-        self.connect_duration = Histogram(
-            "probe_connect_duration_seconds",
-            "Dial to usable: DNS, TCP, TLS, upgrade and application setup.",
-            role,
-            buckets=self.buckets,
-            registry=reg,
-        )
         # Only phases a probe goes through get a series (no tls phase on ws://).
         self.phase = Gauge(
             "probe_connect_phase_seconds",
@@ -184,31 +174,6 @@ class ProbeMetrics:
             ["reason", *role],
             registry=reg,
         )
-        self.disconnects = Counter(
-            "probe_disconnects_total",
-            "Sessions that ended, by how they ended.",
-            ["reason", *role],
-            registry=reg,
-        )
-        self.close_codes = Counter(
-            "probe_close_codes_total",
-            "WebSocket close codes as received from the server.",
-            ["code", *role],
-            registry=reg,
-        )
-        self.reconnect = Histogram(
-            "probe_reconnect_duration_seconds",
-            "Session loss detected to usable again, backoff and application setup included.",
-            role,
-            buckets=self.buckets,
-            registry=reg,
-        )
-        self.start_ts = Gauge(
-            "probe_connection_start_timestamp_seconds",
-            "Wall-clock start of the current session.",
-            role,
-            registry=reg,
-        )
         self.cert_expiry: Gauge | None = None  # wss:// only: a 0 would read as "expired"
         self.tainted_total = Counter(
             "probe_measurements_tainted_total",
@@ -216,19 +181,29 @@ class ProbeMetrics:
             registry=reg,
         )
         for r in self.roles or [None]:
-            extra = [] if r is None else [r]
-            if r is not None:
-                self.open.labels(r)
-            for reason in DISCONNECT_REASONS:
-                self.disconnects.labels(reason, *extra)
             for reason in CONNECT_ERROR_REASONS:
-                self.connect_errors.labels(reason, *extra)
+                self.connect_errors.labels(reason, *([] if r is None else [r]))
+        # Created with the first supervised session: a kind that holds none (an HTTP API probe)
+        # exports no session families it could never fill.
+        self._sessions: _SessionFamilies | None = None
+
+    @property
+    def sessions(self) -> _SessionFamilies:
+        if self._sessions is None:
+            self._sessions = _SessionFamilies(self.registry, self.buckets, self.roles)
+        return self._sessions
+
+    def connect_failed(self, reason: str, detail: str = "", role: str | None = None) -> None:
+        self.connect_errors.labels(reason, *([] if role is None else [role])).inc()
+        self.set_success(False)
+        self.status.error("connect failed", reason, detail)
+        self.status.connect_failed(reason, detail, role or "")
 
     def session(self, role: str | None = None) -> SessionMetrics:
         """The recorder for one supervised session of this probe."""
         if (role is None) != (not self.roles) or (role is not None and role not in self.roles):
             raise ValueError(f"role {role!r} is not one of {self.roles}")
-        return SessionMetrics(self, role)
+        return SessionMetrics(self, self.sessions, role)
 
     def set_success(self, ok: bool) -> None:
         self._success.set(1 if ok else 0)
@@ -282,6 +257,56 @@ class ProbeMetrics:
         return cast(_F, found)
 
 
+class _SessionFamilies:
+    """The families of supervised sessions, shared by every session of one probe."""
+
+    def __init__(
+        self, reg: CollectorRegistry, buckets: tuple[float, ...], roles: tuple[str, ...]
+    ) -> None:
+        role = ["role"] if roles else []
+        self.open = Gauge(
+            "probe_connections_open", "Sessions currently usable.", role, registry=reg
+        )
+        self.connect_duration = Histogram(
+            "probe_connect_duration_seconds",
+            "Dial to usable: DNS, TCP, TLS, upgrade and application setup.",
+            role,
+            buckets=buckets,
+            registry=reg,
+        )
+        self.disconnects = Counter(
+            "probe_disconnects_total",
+            "Sessions that ended, by how they ended.",
+            ["reason", *role],
+            registry=reg,
+        )
+        self.close_codes = Counter(
+            "probe_close_codes_total",
+            "WebSocket close codes as received from the server.",
+            ["code", *role],
+            registry=reg,
+        )
+        self.reconnect = Histogram(
+            "probe_reconnect_duration_seconds",
+            "Session loss detected to usable again, backoff and application setup included.",
+            role,
+            buckets=buckets,
+            registry=reg,
+        )
+        self.start_ts = Gauge(
+            "probe_connection_start_timestamp_seconds",
+            "Wall-clock start of the current session.",
+            role,
+            registry=reg,
+        )
+        for r in roles or [None]:
+            extra = [] if r is None else [r]
+            if r is not None:
+                self.open.labels(r)
+            for reason in DISCONNECT_REASONS:
+                self.disconnects.labels(reason, *extra)
+
+
 _M = TypeVar("_M", Gauge, Histogram)
 
 
@@ -293,8 +318,9 @@ def _child(family: _M, role: list[str]) -> _M:
 class SessionMetrics:
     """Records one supervised session's life into its probe's shared session families."""
 
-    def __init__(self, probe: ProbeMetrics, role: str | None) -> None:
+    def __init__(self, probe: ProbeMetrics, families: _SessionFamilies, role: str | None) -> None:
         self._p = probe
+        self._f = families
         self._role = [] if role is None else [role]
         self.role = role
         self.connected = False
@@ -309,12 +335,12 @@ class SessionMetrics:
         reconnect: float | None,
         cert_expiry: float | None,
     ) -> None:
-        p, role = self._p, self._role
+        p, f, role = self._p, self._f, self._role
         for name, seconds in phases.items():
             p.phase.labels(name, *role).set(seconds)
-        _child(p.connect_duration, role).observe(total)
+        _child(f.connect_duration, role).observe(total)
         if reconnect is not None:
-            _child(p.reconnect, role).observe(reconnect)
+            _child(f.reconnect, role).observe(reconnect)
             p.status.last_reconnect_s = reconnect
         p.status.session_up(phases, self.role or "", reconnect)
         if cert_expiry is not None:
@@ -325,9 +351,9 @@ class SessionMetrics:
                     registry=p.registry,
                 )
             p.cert_expiry.set(cert_expiry)
-        _child(p.open, role).inc()
+        _child(f.open, role).inc()
         now = time.time()
-        _child(p.start_ts, role).set(now)
+        _child(f.start_ts, role).set(now)
         p.status.sessions_open += 1
         p.status.session_started = now
         p.status.connects += 1
@@ -335,18 +361,15 @@ class SessionMetrics:
         self.connects += 1
 
     def connect_failed(self, reason: str, detail: str = "") -> None:
-        self._p.connect_errors.labels(reason, *self._role).inc()
-        self._p.set_success(False)
-        self._p.status.error("connect failed", reason, detail)
-        self._p.status.connect_failed(reason, detail, self.role or "")
+        self._p.connect_failed(reason, detail, self.role)
 
     def disconnected(self, reason: str, close_code: int | None, close_reason: str = "") -> None:
-        p, role = self._p, self._role
-        p.disconnects.labels(reason, *role).inc()
+        p, f, role = self._p, self._f, self._role
+        f.disconnects.labels(reason, *role).inc()
         if close_code is not None:
-            p.close_codes.labels(str(close_code), *role).inc()
+            f.close_codes.labels(str(close_code), *role).inc()
         if self.connected:
-            _child(p.open, role).dec()
+            _child(f.open, role).dec()
             p.status.sessions_open -= 1
         p.status.disconnects[reason] += 1
         detail = f"close {close_code}" if close_code is not None else ""

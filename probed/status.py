@@ -67,6 +67,7 @@ class Cycle:
     started: float  # wall clock, for people
     started_mono: float  # time.perf_counter(), for the step offsets
     role: str = ""
+    what: str = "session"  # session, connect (a failed attempt) or check (sessionless kinds)
     phases: dict[str, float] = field(default_factory=dict)
     ended: float | None = None
     end_reason: str = ""  # disconnect or connect-error reason
@@ -114,6 +115,7 @@ class Cycle:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "what": self.what,
             "started": self.started,
             "ended": self.ended,
             "role": self.role or None,
@@ -146,6 +148,8 @@ class ProbeStatus:
     sent: int = 0
     lost: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
+    # Kinds that hold no session (an HTTP API probe) are up while their latest check passed.
+    sessionless: bool = False
     # Open cycles by role ("" when the probe holds one kind of session).
     current: dict[str, Cycle] = field(default_factory=dict)
     _ok_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_OK_CYCLES))
@@ -153,6 +157,8 @@ class ProbeStatus:
 
     @property
     def up(self) -> bool:
+        if self.sessionless:
+            return self.success is True
         return self.sessions_open > 0
 
     @property
@@ -209,8 +215,31 @@ class ProbeStatus:
         cycle.step(
             "connect failed", ok=False, detail=f"{reason}: {detail}" if detail else reason, pin=True
         )
+        cycle.what = "connect"
         cycle.failed = True
         cycle.end_reason = reason
+        cycle.ended = cycle.started
+        self._keep(cycle)
+
+    def checked(
+        self,
+        ok: bool,
+        what: str,
+        detail: str = "",
+        *,
+        latency_s: float | None = None,
+        phases: Mapping[str, float] | None = None,
+    ) -> None:
+        """One check of a kind that holds no session (an HTTP request): a cycle of its own."""
+        # The check began when the request left, so the timeline shows how long it took.
+        took = latency_s or 0.0
+        cycle = Cycle(time.time() - took, time.perf_counter() - took)
+        cycle.what = "check"
+        cycle.phases = dict(phases or {})
+        cycle.step(what, ok=ok, detail=detail, latency_s=latency_s, pin=True)
+        cycle.measured = int(ok)
+        cycle.failed = not ok
+        cycle.end_reason = "" if ok else what
         cycle.ended = cycle.started
         self._keep(cycle)
 

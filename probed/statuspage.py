@@ -123,9 +123,11 @@ def _event_text(event: Any, now: float) -> str:
 
 
 def _cycle_html(cycle: Cycle, now: float) -> str:
-    if cycle.ended is None:
+    if cycle.what == "check":
+        head = f"check at {_clock(cycle.started)}: {'ok' if cycle.ok else cycle.end_reason}"
+    elif cycle.ended is None:
         head = f"session open since {_clock(cycle.started)} ({_ago(cycle.started, now)})"
-    elif cycle.phases:
+    elif cycle.what == "session":
         head = (
             f"session {_clock(cycle.started)} to {_clock(cycle.ended)}, ended: {cycle.end_reason}"
         )

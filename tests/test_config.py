@@ -34,6 +34,7 @@ from probed.config import (
 )
 
 CANARY = "canary-s3cr3t-XYZ"
+KNOWN = ", ".join(PROBE_KINDS)
 
 # Line 1 "probes:", line 2 "- name", line 3 kind, line 4 url; probe() extras start on line 5.
 PROBE_HEAD = """\
@@ -277,19 +278,19 @@ def test_duplicate_probe_name_points_at_second() -> None:
 def test_unknown_kind_lists_known_kinds() -> None:
     text = "probes:\n  - name: echo\n    kind: websockt\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: echo'
+        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: ' + KNOWN
     )
 
 
 def test_missing_kind() -> None:
     text = "probes:\n  - name: echo\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 2, "required key is missing; known kinds: echo"
+        "probes[0].kind", 2, "required key is missing; known kinds: " + KNOWN
     )
 
 
 def test_probe_kinds_come_from_the_union() -> None:
-    assert dict(PROBE_KINDS) == {"echo": EchoProbeConfig}
+    assert PROBE_KINDS["echo"] is EchoProbeConfig
 
 
 def test_every_error_is_reported_in_file_order() -> None:
@@ -1016,7 +1017,7 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
 def test_unknown_kind_from_env_is_not_echoed() -> None:
     text = "probes:\n  - name: a\n    kind: ${KIND}\n    url: ws://h/\n"
     issue = one_issue(text, env={"KIND": CANARY})
-    assert issue.message == "unknown probe kind value; known kinds: echo"
+    assert issue.message == "unknown probe kind value; known kinds: " + KNOWN
 
 
 def test_duration_error_echo_is_truncated() -> None:
@@ -1099,9 +1100,9 @@ def test_json_schema() -> None:
     assert round_tripped == schema
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"global", "probes"}
+    assert set(schema["properties"]) == {"global", "defaults", "probes"}
     items = schema["properties"]["probes"]["items"]
-    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) == {"echo"}
+    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) >= {"echo", "http"}
     probe_schema = schema["$defs"]["EchoProbeConfig"]
     assert probe_schema["properties"]["kind"]["const"] == "echo"
     assert probe_schema["required"] == ["kind", "name", "url"]
@@ -1112,7 +1113,7 @@ def test_json_schema() -> None:
     assert pattern.match("1h30m")
     assert pattern.match("250us")
     assert not pattern.match("5")
-    assert schema["$defs"]["MatchConfig"]["properties"].keys() == {"json", "raw"}
+    assert schema["$defs"]["MatchConfig"]["properties"].keys() == {"json", "raw", "where"}
     assert schema["$defs"]["ConnectionConfig"]["properties"]["keepalive"]["default"] == {
         "mode": "ping",
         "interval": "15s",
@@ -1130,3 +1131,52 @@ def test_python_construction_uses_field_names_and_aliases() -> None:
     assert echo(config.probes[0]).max_in_flight == 11
     with pytest.raises(ValidationError, match=r"slo\.latency: must not be longer than timeout"):
         EchoProbeConfig(kind="echo", name="a", url="ws://h/", timeout=0.1, slo=SloConfig(latency=1))
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_defaults_are_inherited_merged_and_overridden() -> None:
+    text = textwrap.dedent(
+        """\
+        defaults:
+          connection: {connect_timeout: 3s, keepalive: {interval: 5s}}
+          headers: {X-Team: sre}
+          timeout: 2s
+          message: {template: '{"id":"{id}"}'}
+        probes:
+          - name: a
+            kind: echo
+            url: ws://a/
+            connection: {keepalive: {timeout: 4s}}
+          - name: b
+            kind: echo
+            url: ws://b/
+            timeout: 3s
+          - name: api
+            kind: http
+            url: http://api/
+        """
+    )
+    config = parse_config(text, env={})
+    a, b, api = (echo(config.probes[0]), echo(config.probes[1]), config.probes[2])
+    # Mappings merge key by key; the probe's own value wins.
+    assert a.connection.connect_timeout == 3 and a.connection.keepalive.interval == 5
+    assert a.connection.keepalive.timeout == 4
+    assert a.timeout == 2 and b.timeout == 3
+    assert a.request_headers() == {"X-Team": "sre"}
+    assert a.message.template == '{"id":"{id}"}'
+    # The http probe takes headers and timeout but has no message: it is not given one.
+    assert api.kind == "http" and getattr(api, "timeout") == 2  # noqa: B009
+
+
+def test_an_error_in_an_inherited_value_points_at_the_defaults_line() -> None:
+    text = "defaults:\n  timeout: soon\nprobes:\n  - name: a\n    kind: echo\n    url: ws://a/\n"
+    issue = one_issue(text)
+    assert issue.path == "probes[0].timeout" and issue.line == 2
+
+
+def test_a_defaults_key_no_kind_has_is_an_error() -> None:
+    text = "defaults:\n  intervall: 1s\nprobes: []\n"
+    issue = one_issue(text)
+    assert issue.path == "defaults.intervall" and "no probe kind" in issue.message

@@ -48,5 +48,8 @@ def test_reference_lists_every_key_and_kind_with_working_links() -> None:
     }
     links = set(re.findall(r"\]\(#([^)]+)\)", text))
     assert links and links <= anchors, links - anchors
+    # Every key says what it means (a description on its schema field).
+    blank = re.findall(r"^\| `([^`]+)` \|.*\|  \|$", text, flags=re.MULTILINE)
+    assert not blank, f"keys without a description in the schema: {blank}"
     # Durations read as written in a file, never as float seconds.
     assert "| `timeout` | duration | `5s` |" in text

@@ -48,13 +48,16 @@ def test_every_probe_kind_has_an_example() -> None:
     assert not missing, f"no example in examples/ for kind(s): {sorted(missing)}"
 
 
-async def test_the_loopback_echo_example_runs(tmp_path: Path, echo: EchoTarget) -> None:
-    text = TEXTS["echo.yaml"]
-    assert "ws://127.0.0.1:8765/ws" in text
+LOOPBACK = "127.0.0.1:8765"  # where the examples expect `probed target echo --port 8765`
+
+
+@pytest.mark.parametrize("name", [n for n, text in TEXTS.items() if LOOPBACK in text] or ["none"])
+async def test_loopback_examples_run(name: str, tmp_path: Path, echo: EchoTarget) -> None:
+    assert name in TEXTS, "no example runs against the loopback echo target"
     # Same file, pointed at a target on a free port instead of 8765.
-    config = tmp_path / "echo.yaml"
-    config.write_text(text.replace("ws://127.0.0.1:8765/ws", echo.url))
+    config = tmp_path / name
+    config.write_text(TEXTS[name].replace(LOOPBACK, f"127.0.0.1:{echo.port}"))
     code, out, err = await cli("once", "-c", str(config), "--json")
     assert code == 0, out + err
-    (probe,) = json.loads(out)["probes"]
-    assert probe["name"] == "echo-local" and probe["ok"] and probe["latency_s"] > 0
+    probes = json.loads(out)["probes"]
+    assert probes and all(p["ok"] and p["latency_s"] > 0 for p in probes), out

@@ -175,3 +175,16 @@ def test_with_many_probes_only_the_first_few_carry_timelines() -> None:
     assert page.index('data-probe="p01"') < page.index('data-probe="p00"')
     one = page_html(statuses, configured=len(statuses), only="p24")
     assert one.count("<section") == 1 and "<details" in one
+
+
+def test_a_sessionless_kind_shows_each_check_as_a_cycle() -> None:
+    status = ProbeStatus("api", "http", "http://x/", sessionless=True)
+    status.checked(True, "response 200", "connect 1.0ms", latency_s=0.004, phases={"connect": 1e-3})
+    status.checked(False, "request failed: status", f"status 503 {HOSTILE}")
+    status.success = False
+    first, second = status.cycles()
+    assert (first.what, first.ok, second.what, second.ok) == ("check", False, "check", True)
+    assert second.steps[0].offset_s >= 0.004  # the cycle began when the request left
+    page = page_html([status], configured=1)
+    assert "check at" in page and "request failed: status" in page and "<script" not in page
+    assert [c["what"] for c in status.as_dict()["cycles"]] == ["check", "check"]

@@ -25,8 +25,6 @@ from probed.config.schema.base import ProbeConfig
 from probed.config.schema.common import (
     ConnectionConfig,
     KeepaliveConfig,
-    MatchConfig,
-    MessageConfig,
     ReadableFile,
     ReconnectConfig,
     SloConfig,
@@ -38,6 +36,13 @@ from probed.config.schema.endpoint import WebSocketEndpoint, url_target
 from probed.config.schema.probes import PROBE_KINDS
 from probed.config.schema.root import Config, GlobalConfig
 from probed.config.schema.root import split_listen as split_listen
+from probed.config.schema.scripting import (
+    ConditionConfig,
+    FilterConfig,
+    MatchConfig,
+    MessageConfig,
+    SetupStepConfig,
+)
 from probed.labels import RESERVED_LABEL_NAMES
 
 __all__ = [
@@ -45,11 +50,13 @@ __all__ = [
     "MAX_IN_FLIGHT",
     "PROBE_KINDS",
     "RESERVED_LABEL_NAMES",
+    "ConditionConfig",
     "Config",
     "ConfigError",
     "ConfigIssue",
     "ConnectionConfig",
     "EchoProbeConfig",
+    "FilterConfig",
     "GlobalConfig",
     "KeepaliveConfig",
     "MatchConfig",
@@ -58,6 +65,7 @@ __all__ = [
     "ReadableFile",
     "ReconnectConfig",
     "Seconds",
+    "SetupStepConfig",
     "SloConfig",
     "StrictModel",
     "TlsConfig",
@@ -69,3 +77,6 @@ __all__ = [
     "parse_duration",
     "url_target",
 ]
+
+# The built-in kinds register their models here (probed/kinds.py imports only schema modules).
+from probed import kinds as _kinds  # noqa: F401

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import secrets
 import time
-from typing import Any
 
 import structlog
 from websockets.exceptions import ConnectionClosed
@@ -23,33 +20,10 @@ from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
 from probed.delivery import DeliveryTracker, open_loop
 from probed.dial import ConnectError
+from probed.matching import Filter, Ignored
 from probed.metrics import ProbeMetrics
 from probed.probes.messages import MessageMetrics
-
-_PLACEHOLDER = re.compile(r"\{(id|seq|send_time|probe)\}")
-
-
-class Template:
-    """A message template with {id}, {seq}, {send_time} and {probe}; JSON braces pass through."""
-
-    def __init__(self, text: str) -> None:
-        self._parts = _PLACEHOLDER.split(text)
-
-    def render(self, values: dict[str, str]) -> str:
-        # split() alternates literal text and placeholder names.
-        return "".join(part if i % 2 == 0 else values[part] for i, part in enumerate(self._parts))
-
-
-def dig(obj: Any, path: str) -> Any:
-    """The value at a dotted path in decoded JSON, or None."""
-    for key in path.split("."):
-        if isinstance(obj, dict):
-            obj = obj.get(key)
-        elif isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
-            obj = obj[int(key)]
-        else:
-            return None
-    return obj
+from probed.template import Template
 
 
 class EchoProbe:
@@ -71,13 +45,26 @@ class EchoProbe:
         )
         self._log = log
         self._template = Template(cfg.message.template)
-        self._json_path = cfg.message.match.json_
+        match = cfg.message.match
+        self._json_path = match.json_
+        # Raw matching compares the echoed text itself; otherwise a bounded JSON filter decides.
+        self._filter = (
+            None
+            if match.json_ is None
+            else Filter(match.json_, [condition.build() for condition in match.where])
+        )
         # Ids carry a per-run prefix so replies meant for another prober on a shared server, or
         # for this probe before a restart, are never matched.
         self._run_id = secrets.token_hex(3)
         self._tracker = DeliveryTracker(int(cfg.timeout * 1e9))
         self._seq = 0
-        self.supervisor = Supervisor(cfg, metrics=metrics.session(), handler=self, log=log)
+        self.supervisor = Supervisor(
+            cfg,
+            metrics=metrics.session(),
+            handler=self,
+            log=log,
+            variables={"probe": cfg.name},
+        )
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -127,6 +114,7 @@ class EchoProbe:
         ident = f"{self._run_id}-{session.epoch}-{seq}"
         payload = self._template.render(
             {
+                **session.variables,
                 "id": ident,
                 "seq": str(seq),
                 "send_time": f"{time.time():.6f}",
@@ -143,20 +131,20 @@ class EchoProbe:
     # -- receiving ------------------------------------------------------------------------------
 
     def _on_reply(self, data: str | bytes, at_ns: int) -> None:
-        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-        if self._json_path is None:
-            key = text
+        if self._filter is None:
+            key = data if isinstance(data, str) else data.decode("utf-8", "replace")
         else:
-            try:
-                value = dig(json.loads(text), self._json_path)
-            except ValueError:
-                self._msg.unmatched("not_json")
-                self._log.debug("reply is not JSON", size=len(text))
+            verdict = self._filter.classify(data)
+            if isinstance(verdict, Ignored):
+                # Not a reply by the configured conditions (room chatter, a broadcast beside
+                # the ack): ignored. A would-be reply that cannot be read: unmatched.
+                if verdict.reason == "filtered":
+                    self._msg.ignored("filtered")
+                else:
+                    self._msg.unmatched(verdict.reason)
                 return
-            if value is None:
-                self._msg.unmatched("missing_field")
-                return
-            key = str(value)
+            assert verdict.id is not None
+            key = verdict.id
         got = self._tracker.received(key, at_ns)
         answered = self._msg.record(got, at_ns)
         if answered:

@@ -7,7 +7,18 @@ from typing import Final
 from probed.delivery import Outcome, Received
 from probed.metrics import Latency, ProbeMetrics
 
-UNMATCHED_REASONS: Final = ("not_json", "missing_field", "late", "unknown")
+# Would-be replies that match no message in flight, or cannot be read as one.
+UNMATCHED_REASONS: Final = (
+    "not_json",
+    "too_large",
+    "too_deep",
+    "missing_field",
+    "bad_id",
+    "late",
+    "unknown",
+)
+# Inbound messages that are not replies by the configured filter: counted, never a failure.
+IGNORED_REASONS: Final = ("filtered",)
 
 
 class MessageMetrics:
@@ -37,6 +48,12 @@ class MessageMetrics:
             "reason",
             UNMATCHED_REASONS,
         )
+        self._ignored = metrics.counter(
+            "probe_messages_ignored_total",
+            "Inbound messages that are not replies by the configured filter, by reason.",
+            "reason",
+            IGNORED_REASONS,
+        )
 
     def sent(self) -> None:
         self._sent.inc()
@@ -51,6 +68,9 @@ class MessageMetrics:
     def unmatched(self, reason: str) -> None:
         self._unmatched.labels(reason).inc()
         self._status.failed("unmatched", reason)
+
+    def ignored(self, reason: str) -> None:
+        self._ignored.labels(reason).inc()
 
     def record(self, got: Received, at_ns: int) -> bool:
         """Count one inbound message's outcome; True if it answered a message in time."""

@@ -6,9 +6,11 @@ from pydantic import Field
 
 from probed.config.durations import Seconds, _to_ns, format_duration
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import MessageConfig, SloConfig
+from probed.config.schema.common import SloConfig
 from probed.config.schema.endpoint import WebSocketEndpoint
+from probed.config.schema.scripting import MessageConfig
 from probed.config.validation import Problem
+from probed.template import check_template
 
 MAX_IN_FLIGHT: Final = 10_000
 
@@ -26,6 +28,11 @@ class EchoProbeConfig(WebSocketEndpoint, ProbeConfig):
 
     def _semantic_problems(self) -> list[Problem]:
         problems = super()._semantic_problems()
+        known = {"id", "seq", "send_time", "probe"} | self.captures
+        problems.extend(
+            (("message", "template"), message)
+            for message in check_template(self.message.template, known)
+        )
         if self.slo.latency > self.timeout:
             problems.append(
                 (

@@ -7,13 +7,14 @@ their validators and the only place secrets leave their wrappers (`request_heade
 import re
 import urllib.request
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from probed.config.schema.common import ConnectionConfig, ReadableFile, StrictModel, TlsConfig
+from probed.config.schema.scripting import SetupStepConfig, check_steps
 from probed.config.validation import Problem, _fail, _problems_error
 
 # RFC 9110 token: what a header name or a subprotocol may be made of.
@@ -41,16 +42,23 @@ def url_target(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
 
 
-class WebSocketEndpoint(StrictModel):
+class Endpoint(StrictModel):
+    """What every endpoint has: a URL, headers and a bearer token, TLS and a proxy.
+
+    Subclasses name their URL schemes and the headers the protocol writes itself.
+    """
+
+    _SCHEMES: ClassVar[tuple[str, str]]  # (plain, secure)
+    _PROTOCOL_HEADERS: ClassVar[frozenset[str]] = frozenset()
+    _HEADERS_WRITER: ClassVar[str] = "the protocol"
+
     # Not in repr: a URL can carry credentials (userinfo, ?key=...). `target` is the safe form.
     url: str = Field(
-        repr=False,
-        json_schema_extra={"pattern": "^[wW][sS][sS]?://"},
-        description="ws:// or wss:// URL; labels and logs show it without credentials or query",
+        repr=False, description="the URL; labels and logs show it without credentials or query"
     )
     headers: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description="extra handshake headers; values are secrets (never logged)",
+        description="extra request headers; values are secrets (never logged)",
     )
     bearer_token: SecretStr | None = Field(
         default=None, description='sent as "Authorization: Bearer ..."; e.g. "${TOKEN}"'
@@ -59,10 +67,7 @@ class WebSocketEndpoint(StrictModel):
         default=None,
         description="file holding the bearer token, read at load and on reload",
     )
-    subprotocols: list[str] = Field(
-        default_factory=list, description="WebSocket subprotocols to offer"
-    )
-    tls: TlsConfig = Field(default=TlsConfig(), description="TLS options (wss:// only)")
+    tls: TlsConfig = Field(default=TlsConfig(), description="TLS options (secure URLs only)")
     proxy_url: SecretStr | None = Field(
         default=None,
         description="HTTP(S) CONNECT proxy, http://[user:password@]host:port",
@@ -70,10 +75,6 @@ class WebSocketEndpoint(StrictModel):
     proxy_from_env: bool = Field(
         default=False,
         description="use HTTPS_PROXY / HTTP_PROXY and NO_PROXY from the environment",
-    )
-    connection: ConnectionConfig = Field(
-        default=ConnectionConfig(),
-        description="connect deadline, keepalive, reconnect backoff, churn",
     )
 
     # Read at load so a missing token fails `probed check`, not the first connect at 3 am. Being
@@ -84,21 +85,23 @@ class WebSocketEndpoint(StrictModel):
     @classmethod
     def _check_url(cls, value: str) -> str:
         # Messages here never quote the URL: it may hold credentials.
+        plain, secure = cls._SCHEMES
+        schemes = f"{plain}:// or {secure}://"
         if not value or any(c.isspace() for c in value):
-            raise _fail("must be a ws:// or wss:// URL without spaces")
+            raise _fail(f"must be a {schemes} URL without spaces")
         try:
             parts = urlsplit(value)
             port = parts.port
         except ValueError:
             raise _fail("is not a valid URL (check the host and port)") from None
-        if parts.scheme not in ("ws", "wss"):
-            raise _fail("must be a ws:// or wss:// URL")
+        if parts.scheme not in cls._SCHEMES:
+            raise _fail(f"must be a {schemes} URL")
         if not parts.hostname:
             raise _fail("has no host")
         if port == 0:
             raise _fail("has an invalid port")
         if parts.fragment:
-            raise _fail("must not have a #fragment (WebSocket URLs cannot carry one)")
+            raise _fail("must not have a #fragment (it is never sent to the server)")
         return value
 
     @field_validator("headers")
@@ -110,9 +113,9 @@ class WebSocketEndpoint(StrictModel):
             lowered = name.lower()
             if not _TOKEN_RE.fullmatch(name):
                 problems.append(((name,), "is not a valid HTTP header name"))
-            elif lowered in _HANDSHAKE_HEADERS:
+            elif lowered in cls._PROTOCOL_HEADERS:
                 hint = "; use subprotocols" if lowered == "sec-websocket-protocol" else ""
-                problems.append(((name,), f"is set by the WebSocket handshake{hint}"))
+                problems.append(((name,), f"is set by {cls._HEADERS_WRITER}{hint}"))
             elif lowered in seen:
                 problems.append(
                     ((name,), f'same header as "{seen[lowered]}" (names are case-insensitive)')
@@ -129,19 +132,6 @@ class WebSocketEndpoint(StrictModel):
     def _check_bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_token_text(value.get_secret_value())
-        return value
-
-    @field_validator("subprotocols")
-    @classmethod
-    def _check_subprotocols(cls, value: list[str]) -> list[str]:
-        problems: list[Problem] = []
-        for index, protocol in enumerate(value):
-            if not _TOKEN_RE.fullmatch(protocol):
-                problems.append(((index,), "is not a valid subprotocol name"))
-            elif protocol in value[:index]:
-                problems.append(((index,), "is listed twice"))
-        if problems:
-            raise _problems_error(problems)
         return value
 
     @field_validator("proxy_url")
@@ -196,8 +186,8 @@ class WebSocketEndpoint(StrictModel):
             problems.append(
                 (("url",), "has user:password@ and a bearer token is set too; keep one")
             )
-        if self.tls != TlsConfig() and parts.scheme != "wss":
-            problems.append((("tls",), "tls options need a wss:// url"))
+        if self.tls != TlsConfig() and parts.scheme != self._SCHEMES[1]:
+            problems.append((("tls",), f"tls options need a {self._SCHEMES[1]}:// url"))
         if self.proxy_url is not None and self.proxy_from_env:
             problems.append((("proxy_from_env",), "set proxy_url or proxy_from_env, not both"))
         return problems
@@ -222,7 +212,8 @@ class WebSocketEndpoint(StrictModel):
         if urllib.request.proxy_bypass_environment(host):  # type: ignore[attr-defined]
             return None
         found = urllib.request.getproxies_environment()
-        return found.get("https" if parts.scheme == "wss" else "http") or found.get("https")
+        secure = parts.scheme == self._SCHEMES[1]
+        return found.get("https" if secure else "http") or found.get("https")
 
     @property
     def target(self) -> str:
@@ -232,6 +223,66 @@ class WebSocketEndpoint(StrictModel):
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         yield from super().__repr_args__()
         yield "target", self.target
+
+
+class WebSocketEndpoint(Endpoint):
+    _SCHEMES = ("ws", "wss")
+    _PROTOCOL_HEADERS = _HANDSHAKE_HEADERS
+    _HEADERS_WRITER = "the WebSocket handshake"
+
+    url: str = Field(
+        repr=False,
+        json_schema_extra={"pattern": "^[wW][sS][sS]?://"},
+        description="ws:// or wss:// URL; labels and logs show it without credentials or query",
+    )
+    subprotocols: list[str] = Field(
+        default_factory=list, description="WebSocket subprotocols to offer"
+    )
+    setup: list[SetupStepConfig] = Field(
+        default_factory=list,
+        description="scripted steps after the upgrade (join, auth): timed as the setup phase",
+    )
+    connection: ConnectionConfig = Field(
+        default=ConnectionConfig(),
+        description="connect deadline, keepalive, reconnect backoff, churn",
+    )
+
+    def _semantic_problems(self) -> list[Problem]:
+        problems = super()._semantic_problems()
+        found, _ = check_steps(self.setup, {"probe"})
+        problems.extend((("setup", *loc), message) for loc, message in found)
+        return problems
+
+    @property
+    def captures(self) -> set[str]:
+        """Template variables the setup steps define, for the probe's own templates."""
+        return check_steps(self.setup, set())[1]
+
+    @field_validator("subprotocols")
+    @classmethod
+    def _check_subprotocols(cls, value: list[str]) -> list[str]:
+        problems: list[Problem] = []
+        for index, protocol in enumerate(value):
+            if not _TOKEN_RE.fullmatch(protocol):
+                problems.append(((index,), "is not a valid subprotocol name"))
+            elif protocol in value[:index]:
+                problems.append(((index,), "is listed twice"))
+        if problems:
+            raise _problems_error(problems)
+        return value
+
+
+class HttpEndpoint(Endpoint):
+    _SCHEMES = ("http", "https")
+    # aiohttp writes these from the request itself; a second copy would contradict it.
+    _PROTOCOL_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+    _HEADERS_WRITER = "the HTTP client"
+
+    url: str = Field(
+        repr=False,
+        json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"},
+        description="http:// or https:// URL; labels and logs show it without credentials or query",
+    )
 
 
 def proxy_credentials(proxy_url: str) -> tuple[str, str] | None:

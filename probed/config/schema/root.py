@@ -7,6 +7,7 @@ from typing import Any, Final, Literal
 
 from pydantic import Field, create_model, field_validator
 
+from probed.config.defaults import accepted_keys
 from probed.config.durations import Seconds
 from probed.config.schema.base import ProbeConfig
 from probed.config.schema.common import StrictModel
@@ -115,12 +116,24 @@ class Config(StrictModel):
         serialization_alias="global",
         description="settings of the daemon itself",
     )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="values every probe inherits unless it sets its own (mappings merge)",
+    )
     probes: list[ProbeConfig] = Field(
         default_factory=list, description="what to measure; one entry per probe, by kind"
     )
 
     def _semantic_problems(self) -> list[Problem]:
-        return duplicate_name_problems([probe.name for probe in self.probes])
+        problems: list[Problem] = []
+        known = set().union(*(accepted_keys(m) for m in PROBE_KINDS.values()))
+        for key in self.defaults:
+            if key not in known:
+                problems.append(
+                    (("defaults", key), "no probe kind has this key (or it cannot be inherited)")
+                )
+        problems += duplicate_name_problems([probe.name for probe in self.probes])
+        return problems
 
 
 def duplicate_name_problems(names: Sequence[object]) -> list[Problem]:
@@ -150,8 +163,6 @@ def config_model() -> type[Config]:
     Kinds register in probed/kinds.py (a test may register its own), so the model is derived
     from the registry when asked for, and cached per set of kinds.
     """
-    import probed.kinds  # noqa: F401  # registers the built-in kinds; imports no probe code
-
     key = tuple(PROBE_KINDS.values())
     model = _models.get(key)
     if model is None:
