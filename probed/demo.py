@@ -16,6 +16,7 @@ from probed.daemon import Daemon
 from probed.status import RECENT, ProbeStatus
 from probed.targets.echo import EchoTarget
 from probed.targets.proxy import FaultProxy
+from probed.targets.pubsub import PubSubTarget
 
 DEMO_LISTEN = "127.0.0.1:9464"
 _SUMMARY_EVERY = 5.0
@@ -46,6 +47,32 @@ probes:
     connection:
       churn: 1m
       keepalive: {{interval: 3s, timeout: 2s}}
+  # A chat room: one publisher, three subscribers, publisher-to-subscriber time on one clock.
+  # The server wants a join first, acks each publish and has other users chatting.
+  - name: room-fanout
+    kind: fanout
+    interval: 250ms
+    timeout: 2s
+    publisher:
+      url: {room}
+      setup:
+        - name: join
+          send: '{{"type":"join","room":"lobby"}}'
+          expect:
+            where: {{type: joined}}
+    subscribers:
+      url: {room}
+      count: 3
+      setup:
+        - name: join
+          send: '{{"type":"join","room":"lobby"}}'
+          expect:
+            where: {{type: joined}}
+    message:
+      template: '{{"type":"publish","room":"lobby","id":"{{id}}"}}'
+      match:
+        json: id
+        where: {{type: message}}
   # The HTTP API beside the realtime service (here: the echo target's status endpoint).
   - name: api-status
     kind: http
@@ -99,6 +126,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         EchoTarget() as fast,
         EchoTarget(delay=0.04, jitter=0.02) as slow,
         EchoTarget() as behind_proxy,
+        PubSubTarget(delay=0.01, jitter=0.005, chatter_interval=1.0) as room,
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
     ):
         text = DEMO_CONFIG.format(
@@ -106,6 +134,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             slow=slow.url,
             proxied=f"ws://127.0.0.1:{proxy.port}/ws",
             api=f"{fast.control_url}status",
+            room=room.url,
         )
         config = parse_config(text, source="<demo>")
         daemon = Daemon(config, listen=listen or DEMO_LISTEN)

@@ -17,6 +17,7 @@ import structlog
 
 from probed.config.schema.base import ProbeConfig
 from probed.config.schema.echo import EchoProbeConfig
+from probed.config.schema.fanout import FanoutProbeConfig
 from probed.config.schema.http import HttpProbeConfig
 from probed.config.schema.probes import register_model, unregister_model
 
@@ -57,6 +58,7 @@ class Kind:
 BUILT_IN: Final = (
     Kind(EchoProbeConfig, "probed.probes.echo:EchoProbe"),
     Kind(HttpProbeConfig, "probed.probes.http:HttpProbe"),
+    Kind(FanoutProbeConfig, "probed.probes.fanout:FanoutProbe", roles=("publisher", "subscriber")),
 )
 
 _KINDS: dict[str, Kind] = {}

@@ -18,7 +18,7 @@ UNMATCHED_REASONS: Final = (
     "unknown",
 )
 # Inbound messages that are not replies by the configured filter: counted, never a failure.
-IGNORED_REASONS: Final = ("filtered",)
+IGNORED_REASONS: Final = ("filtered", "foreign")
 
 
 class MessageMetrics:
