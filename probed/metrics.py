@@ -14,6 +14,7 @@ global labels to every series.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -315,6 +316,9 @@ def _child(family: _M, role: list[str]) -> _M:
     return family.labels(*role) if role else family
 
 
+_SESSION_KEYS = itertools.count(1)
+
+
 class SessionMetrics:
     """Records one supervised session's life into its probe's shared session families."""
 
@@ -323,6 +327,8 @@ class SessionMetrics:
         self._f = families
         self._role = [] if role is None else [role]
         self.role = role
+        # Names this session's open cycle in the probe's status: several sessions share a role.
+        self._key = f"{role or ''}#{next(_SESSION_KEYS)}"
         self.connected = False
         self.connects = 0
         self.disconnects = 0
@@ -342,7 +348,7 @@ class SessionMetrics:
         if reconnect is not None:
             _child(f.reconnect, role).observe(reconnect)
             p.status.last_reconnect_s = reconnect
-        p.status.session_up(phases, self.role or "", reconnect)
+        p.status.session_up(phases, self.role or "", reconnect, key=self._key)
         if cert_expiry is not None:
             if p.cert_expiry is None:
                 p.cert_expiry = Gauge(
@@ -381,7 +387,7 @@ class SessionMetrics:
             close_code,
             close_reason,
             failure=reason not in INTENDED_ENDS,
-            role=self.role or "",
+            key=self._key,
         )
         self.connected = False
         self.disconnects += 1

@@ -150,7 +150,7 @@ class ProbeStatus:
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     # Kinds that hold no session (an HTTP API probe) are up while their latest check passed.
     sessionless: bool = False
-    # Open cycles by role ("" when the probe holds one kind of session).
+    # Open cycles by session key ("" when the probe holds a single session).
     current: dict[str, Cycle] = field(default_factory=dict)
     _ok_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_OK_CYCLES))
     _failed_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_FAILED_CYCLES))
@@ -198,8 +198,14 @@ class ProbeStatus:
     # -- the history, fed by the recorders in probed/metrics.py ---------------------------------
 
     def session_up(
-        self, phases: Mapping[str, float], role: str = "", reconnect: float | None = None
+        self,
+        phases: Mapping[str, float],
+        role: str = "",
+        reconnect: float | None = None,
+        *,
+        key: str = "",
     ) -> Cycle:
+        """A session is up; `key` tells apart sessions of one probe (several per role)."""
         total = sum(phases.values())
         # The cycle began when the dial did, so the timeline shows the connect taking its time.
         cycle = Cycle(time.time() - total, time.perf_counter() - total, role)
@@ -207,7 +213,7 @@ class ProbeStatus:
         cycle.step("connected", detail=_phases_text(phases), latency_s=total, pin=True)
         if reconnect is not None:
             self.last_reconnect_at = time.time()
-        self.current[role] = cycle
+        self.current[key] = cycle
         return cycle
 
     def connect_failed(self, reason: str, detail: str, role: str = "") -> None:
@@ -250,9 +256,9 @@ class ProbeStatus:
         close_reason: str,
         *,
         failure: bool,
-        role: str = "",
+        key: str = "",
     ) -> None:
-        cycle = self.current.pop(role, None)
+        cycle = self.current.pop(key, None)
         if cycle is None:
             return
         detail = "" if close_code is None else f"close {close_code}"

@@ -11,6 +11,7 @@ import yaml
 
 from probed import kinds
 from probed.targets.echo import EchoTarget
+from probed.targets.pubsub import PubSubTarget
 from tests.test_cli import cli
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -48,16 +49,22 @@ def test_every_probe_kind_has_an_example() -> None:
     assert not missing, f"no example in examples/ for kind(s): {sorted(missing)}"
 
 
-LOOPBACK = "127.0.0.1:8765"  # where the examples expect `probed target echo --port 8765`
+# Where the examples expect the reference targets: `probed target echo --port 8765` and
+# `probed target pubsub --port 8766`. The test starts each on a free port and rewrites the file.
+ECHO_AT, PUBSUB_AT = "127.0.0.1:8765", "127.0.0.1:8766"
+RUNNABLE = [n for n, text in TEXTS.items() if ECHO_AT in text or PUBSUB_AT in text]
 
 
-@pytest.mark.parametrize("name", [n for n, text in TEXTS.items() if LOOPBACK in text] or ["none"])
+@pytest.mark.parametrize("name", RUNNABLE or ["none"])
 async def test_loopback_examples_run(name: str, tmp_path: Path, echo: EchoTarget) -> None:
-    assert name in TEXTS, "no example runs against the loopback echo target"
-    # Same file, pointed at a target on a free port instead of 8765.
-    config = tmp_path / name
-    config.write_text(TEXTS[name].replace(LOOPBACK, f"127.0.0.1:{echo.port}"))
-    code, out, err = await cli("once", "-c", str(config), "--json")
+    assert name in TEXTS, "no example runs against a loopback reference target"
+    async with PubSubTarget() as pubsub:
+        text = TEXTS[name].replace(ECHO_AT, f"127.0.0.1:{echo.port}")
+        config = tmp_path / name
+        config.write_text(text.replace(PUBSUB_AT, f"127.0.0.1:{pubsub.port}"))
+        code, out, err = await cli("once", "-c", str(config), "--json")
     assert code == 0, out + err
     probes = json.loads(out)["probes"]
     assert probes and all(p["ok"] and p["latency_s"] > 0 for p in probes), out
+    # Every kind's `once` leaves a timeline: at least one cycle with steps.
+    assert all(p["cycles"] and p["cycles"][0]["steps"] for p in probes), out

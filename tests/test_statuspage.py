@@ -188,3 +188,15 @@ def test_a_sessionless_kind_shows_each_check_as_a_cycle() -> None:
     page = page_html([status], configured=1)
     assert "check at" in page and "request failed: status" in page and "<script" not in page
     assert [c["what"] for c in status.as_dict()["cycles"]] == ["check", "check"]
+
+
+def test_sessions_sharing_a_role_keep_cycles_of_their_own() -> None:
+    status = ProbeStatus("room", "fanout", "ws://x/")
+    status.session_up({"tcp": 0.001}, "subscriber", key="subscriber#1")
+    status.session_up({"tcp": 0.001}, "subscriber", key="subscriber#2")
+    status.session_down("reset", None, "", failure=True, key="subscriber#1")
+    live, ended = status.cycles()
+    assert (live.ended, live.role) == (None, "subscriber")
+    assert (ended.end_reason, ended.role, ended.ok) == ("reset", "subscriber", False)
+    status.session_down("churn", None, "", failure=False, key="subscriber#2")
+    assert not status.current and len(status.cycles()) == 2

@@ -24,8 +24,9 @@ IGNORED_REASONS: Final = ("filtered", "foreign")
 class MessageMetrics:
     """sent / received / lost / duplicated / reordered / unmatched, and one latency family."""
 
-    def __init__(self, metrics: ProbeMetrics, latency: Latency) -> None:
+    def __init__(self, metrics: ProbeMetrics, latency: Latency, *, answer: str = "reply") -> None:
         self._status = metrics.status
+        self._answer = answer  # what an answered message is called in the status timeline
         self.latency = latency
         self._sent = metrics.counter("probe_messages_sent_total", "Messages sent.")
         self._received = metrics.counter(
@@ -81,7 +82,7 @@ class MessageMetrics:
                 self._reordered.inc()
             self.latency.observe(got.sent.sent_ns, at_ns)
             self._status.measured(
-                "reply",
+                self._answer,
                 (at_ns - got.sent.sent_ns) / 1e9,
                 f"seq {got.sent.seq}" + (" (reordered)" if got.reordered else ""),
             )
