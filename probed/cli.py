@@ -58,12 +58,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     logs.configure(args.log_level or config.global_.log_level, json=_json_logs(args))
 
+    from probed.sharding import resolve
+
+    try:
+        shard = resolve(args.shard, args.shard_replicas)
+    except ValueError as exc:
+        print(f"probed: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> None:
         daemon = Daemon(
             config,
             config_path=Path(args.config),
             listen=args.listen,
             log_level=args.log_level,
+            shard=shard,
         )
         await daemon.run()
 
@@ -95,6 +104,21 @@ def cmd_check(args: argparse.Namespace) -> int:
             "measure nothing (add entries under probes:)",
             file=sys.stderr,
         )
+    return _print_shard(args, config)
+
+
+def _print_shard(args: argparse.Namespace, config: Config) -> int:
+    """With --shard (or PROBED_SHARD): which of the probes this replica would run."""
+    from probed.sharding import resolve
+
+    try:
+        shard = resolve(args.shard, args.shard_replicas)
+    except ValueError as exc:
+        print(f"probed: {exc}", file=sys.stderr)
+        return 2
+    if shard is not None:
+        mine = [p.name for p in shard.select(config.probes)]
+        print(f"shard {shard}: {len(mine)} probe(s): {', '.join(mine) or 'none'}")
     return 0
 
 
@@ -200,11 +224,19 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-format",
+        "--log.format",
+        dest="log_format",
         choices=("auto", "json", "console"),
         default=argparse.SUPPRESS,
         help="auto (default): console on a terminal, JSON lines otherwise",
     )
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument(
+        "--log-format",
+        "--log.format",
+        dest="log_format",
+        choices=("auto", "json", "console"),
+        default="auto",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, text: str, into: Any = sub) -> argparse.ArgumentParser:
@@ -214,23 +246,53 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run = add("run", "run the daemon")
     run.epilog = EPILOG.split("\n\n", 1)[1]  # signals and endpoints
     run.formatter_class = argparse.RawDescriptionHelpFormatter
-    run.add_argument("-c", "--config", required=True, help="YAML config file")
-    run.add_argument("--listen", type=_listen, help="HTTP listen address (overrides global.listen)")
+    # The Prometheus exporters' flag names too, so existing runbooks and manifests carry over.
+    run.add_argument(
+        "-c", "--config", "--config.file", dest="config", required=True, help="YAML config file"
+    )
+    run.add_argument(
+        "--listen",
+        "--web.listen-address",
+        dest="listen",
+        type=_listen,
+        help="HTTP listen address (overrides global.listen)",
+    )
     run.add_argument(
         "--log-level",
+        "--log.level",
+        dest="log_level",
         choices=("debug", "info", "warning", "error"),
         help="log level: overrides global.log_level, also across reloads (default: the config's)",
+    )
+    run.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="run only the probes rendezvous hashing gives this shard, e.g. 0/3 or $(POD_NAME)/3"
+        " (default: $PROBED_SHARD; unset runs every probe)",
+    )
+    run.add_argument(
+        "--shard-replicas",
+        type=int,
+        metavar="K",
+        help="run each probe on K of the shards (default: $PROBED_SHARD_REPLICAS or 1)",
     )
     run.set_defaults(func=cmd_run)
 
     check = add("check", "validate a config file (exit 0/1)")
-    check.add_argument("-c", "--config", help="YAML config file")
+    check.add_argument("-c", "--config", "--config.file", dest="config", help="YAML config file")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
+    check.add_argument("--shard", metavar="INDEX/COUNT", help="also list this shard's probes")
+    check.add_argument("--shard-replicas", type=int, metavar="K")
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")
     once.add_argument(
-        "-c", "--config", required=True, help="YAML config file whose probes to run once"
+        "-c",
+        "--config",
+        "--config.file",
+        dest="config",
+        required=True,
+        help="YAML config file whose probes to run once",
     )
     once.add_argument("--probe", help="only this probe (by name)")
     once.add_argument(

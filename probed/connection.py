@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -19,7 +20,9 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from probed.app_framing import FramingClosed, SessionFraming, SetupFailed
 from probed.config import ReconnectConfig
+from probed.config.schema.framing import FramingConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
 from probed.metrics import SessionMetrics
 from probed.scripting import SetupScript
@@ -54,6 +57,13 @@ class AppTimeout(SessionEnded):
     close_code = CloseCode.NORMAL_CLOSURE
 
 
+class ServerGone(SessionEnded):
+    """The server ended the session inside its protocol (a Socket.IO disconnect packet)."""
+
+    reason = "server_close"
+    close_code = CloseCode.NORMAL_CLOSURE
+
+
 class _Stalled(Exception):
     pass
 
@@ -71,8 +81,11 @@ class Session:
     secrets: tuple[str, ...] = ()
     # Values the setup steps captured (a session id, a room id), for the probe's own templates.
     variables: dict[str, str] = field(default_factory=dict)
+    # An application framing (Socket.IO, graphql-transport-ws): messages pass through it.
+    framing: SessionFraming | None = None
     last_inbound_ns: int = field(default_factory=time.perf_counter_ns)
     draining: bool = False
+    _inbox: deque[tuple[str | bytes, int]] = field(default_factory=deque)
 
     def redact(self, text: str) -> str:
         """A string from the network with every configured secret blanked out.
@@ -84,14 +97,35 @@ class Session:
             text = text.replace(secret, "<redacted>")
         return text
 
-    async def recv(self) -> tuple[str | bytes, int]:
-        """The next inbound message and the instant its bytes arrived, before any parsing."""
+    async def recv_frame(self) -> tuple[str | bytes, int]:
+        """The next frame off the wire and the instant its bytes arrived, before any parsing."""
         data = await self.ws.recv()
         arrived = self.ws.arrivals.popleft() if self.ws.arrivals else time.perf_counter_ns()
         self.last_inbound_ns = arrived
         return data, arrived
 
+    async def recv(self) -> tuple[str | bytes, int]:
+        """The next application message and the instant its frame arrived.
+
+        Through a framing, protocol traffic (pings, acks the server asks for) is answered here
+        and an application message keeps its frame's arrival time.
+        """
+        if self.framing is None:
+            return await self.recv_frame()
+        while not self._inbox:
+            data, arrived = await self.recv_frame()
+            try:
+                replies, messages = self.framing.unwrap(data)
+            except FramingClosed as exc:
+                raise ServerGone(exc.reason) from None
+            for reply in replies:
+                await self.ws.send(reply)
+            self._inbox.extend((message, arrived) for message in messages)
+        return self._inbox.popleft()
+
     async def send(self, data: str | bytes) -> None:
+        if self.framing is not None and isinstance(data, str):
+            data = self.framing.wrap(data)
         await self.ws.send(data)
 
 
@@ -197,6 +231,7 @@ class Supervisor:
         self._log = log if metrics.role is None else log.bind(role=metrics.role)
         self._cycle = cycle
         self._script = SetupScript(endpoint.setup, variables or {}, self._log)
+        self._framing = endpoint.framing
         self._epoch = 0
         self._secrets = tuple(v for v in endpoint.request_headers().values() if len(v) >= 4)
         # Carried from one session into the next setup, for providers that can resume.
@@ -291,6 +326,8 @@ class Supervisor:
         limit = self._cfg.connect_timeout
         started = time.perf_counter()
         try:
+            if self._framing is not None:
+                await self._frame_setup(session, self._framing, limit)
             await self._script.run(session)
         except ConnectError:
             conn.transport.abort()
@@ -307,6 +344,31 @@ class Supervisor:
         self._dialer.mark("setup", started)
         session.started_ns = session.last_inbound_ns = time.perf_counter_ns()
         return session
+
+    async def _frame_setup(self, session: Session, cfg: FramingConfig, limit: float) -> None:
+        """The framing's own setup (Engine.IO open and namespace connect; connection_init)."""
+        framing = session.framing = SessionFraming(cfg)
+
+        async def recv() -> str | bytes:
+            return (await session.recv_frame())[0]
+
+        for step in framing.steps():
+            try:
+                async with asyncio.timeout(limit):
+                    await framing.setup(step, session.ws.send, recv)
+            except TimeoutError:
+                raise ConnectError(
+                    "timeout", "setup", f"{step.name}: no answer in {limit}s"
+                ) from None
+            except SetupFailed as exc:
+                detail = session.redact(exc.detail)
+                raise ConnectError(
+                    "setup", "setup", f"{step.name}: {exc.reason} {detail}"
+                ) from None
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else 1006
+                raise ConnectError("setup", "setup", f"{step.name}: closed with {code}") from None
+        session._inbox.extend((text, session.last_inbound_ns) for text in framing.early)
 
     # -- holding -------------------------------------------------------------------------------
 

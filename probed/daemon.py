@@ -15,11 +15,12 @@ import socket
 import time
 from pathlib import Path
 
-from probed import kinds, logs
+from probed import kinds, logs, watchdog
 from probed.config import Config, ConfigError, ProbeConfig, load_config
 from probed.http import start_http
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.selfmon import LagMonitor
+from probed.sharding import Shard
 
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
@@ -46,9 +47,11 @@ class Daemon:
         config_path: Path | None = None,
         listen: str | None = None,
         log_level: str | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config = config
         self._log_level_override = log_level
+        self.shard = shard
         self._path = config_path
         self._listen_override = listen
         self.listen = listen or config.global_.listen
@@ -85,6 +88,7 @@ class Daemon:
                 self._apply(self.config)
                 self.ready.set()
                 sd_notify("READY=1")
+                feeder = tg.create_task(watchdog.feed(sd_notify, self.status_line))
                 self._log.info(
                     "probed started",
                     listen=f"http://{self.bound[0]}:{self.bound[1]}",
@@ -96,6 +100,7 @@ class Daemon:
                 self.ready.clear()
                 self._log.info("stopping: closing sessions")
                 lag.cancel()
+                feeder.cancel()
                 for name in list(self._running):
                     self._stop_probe(name)
         finally:
@@ -107,6 +112,13 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: what runs here and how much of it is up."""
+        running = self.exposition.probes()
+        up = sum(1 for p in running if p.status.up)
+        shard = "" if self.shard is None else f", shard {self.shard}"
+        return f"{len(running)} probes, {up} up{shard}"
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -162,7 +174,8 @@ class Daemon:
                 running=self.listen,
                 configured=g.listen,
             )
-        wanted = {p.name: p for p in config.probes}
+        mine = config.probes if self.shard is None else self.shard.select(config.probes)
+        wanted = {p.name: p for p in mine}
         changes: dict[str, list[str]] = {"kept": [], "started": [], "restarted": [], "stopped": []}
         for name in list(self._running):
             if name not in wanted:

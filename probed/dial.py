@@ -28,7 +28,9 @@ from websockets.typing import Subprotocol
 from probed import __version__
 from probed.config import ConnectionConfig, TlsConfig
 from probed.config.schema.endpoint import proxy_credentials
+from probed.config.schema.framing import FramingConfig
 from probed.config.schema.scripting import SetupStepConfig
+from probed.framing.graphql_ws import GRAPHQL_TRANSPORT_WS
 
 _HTTP = b"HTTP/"
 _PROXY_HEAD_LIMIT = 16 * 1024
@@ -172,6 +174,8 @@ class Endpoint(Protocol):
     def connection(self) -> ConnectionConfig: ...
     @property
     def setup(self) -> Sequence[SetupStepConfig]: ...
+    @property
+    def framing(self) -> FramingConfig | None: ...
     def request_headers(self) -> dict[str, str]: ...
     def proxy(self) -> str | None: ...
 
@@ -188,6 +192,11 @@ class Dialer:
         self._port = parts.port or (443 if self._secure else 80)
         self._headers = endpoint.request_headers()
         self._subprotocols = [Subprotocol(p) for p in endpoint.subprotocols]
+        framing = endpoint.framing
+        # The server picks its protocol by subprotocol; offering it is part of the preset.
+        graphql = framing is not None and framing.protocol == "graphql_ws"
+        if graphql and GRAPHQL_TRANSPORT_WS not in self._subprotocols:
+            self._subprotocols.append(Subprotocol(GRAPHQL_TRANSPORT_WS))
         tls = endpoint.tls
         self._server_name = tls.server_name or self._host
         self._ssl = build_ssl_context(tls) if self._secure else None

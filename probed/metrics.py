@@ -25,6 +25,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.metrics_core import Metric
@@ -428,6 +429,8 @@ class DaemonMetrics:
             ["probe"],
             registry=reg,
         )
+        # process_*: RSS, CPU, open and max descriptors, start time, as every exporter has them.
+        ProcessCollector(registry=reg)
 
     def running_on(self, event_loop: str) -> None:
         self._build.clear()

@@ -14,6 +14,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from probed.config.schema.common import ConnectionConfig, ReadableFile, StrictModel, TlsConfig
+from probed.config.schema.framing import FramingConfig
 from probed.config.schema.scripting import SetupStepConfig, check_steps
 from probed.config.validation import Problem, _fail, _problems_error
 
@@ -238,6 +239,9 @@ class WebSocketEndpoint(Endpoint):
     subprotocols: list[str] = Field(
         default_factory=list, description="WebSocket subprotocols to offer"
     )
+    framing: FramingConfig | None = Field(
+        default=None, description="a preset wire format: socketio or graphql_ws"
+    )
     setup: list[SetupStepConfig] = Field(
         default_factory=list,
         description="scripted steps after the upgrade (join, auth): timed as the setup phase",
@@ -251,6 +255,16 @@ class WebSocketEndpoint(Endpoint):
         problems = super()._semantic_problems()
         found, _ = check_steps(self.setup, {"probe"})
         problems.extend((("setup", *loc), message) for loc, message in found)
+        if self.framing is not None and self.framing.protocol == "socketio":
+            query = urlsplit(self.url).query
+            if "EIO=4" not in query or "transport=websocket" not in query:
+                problems.append(
+                    (
+                        ("url",),
+                        "Socket.IO needs its Engine.IO URL, e.g. "
+                        "ws://host/socket.io/?EIO=4&transport=websocket",
+                    )
+                )
         return problems
 
     @property
