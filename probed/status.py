@@ -150,6 +150,8 @@ class ProbeStatus:
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     # Kinds that hold no session (an HTTP API probe) are up while their latest check passed.
     sessionless: bool = False
+    checks: int = 0  # sessionless kinds: checks made, and how many failed
+    checks_failed: int = 0
     # Open cycles by session key ("" when the probe holds a single session).
     current: dict[str, Cycle] = field(default_factory=dict)
     _ok_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_OK_CYCLES))
@@ -237,6 +239,8 @@ class ProbeStatus:
         phases: Mapping[str, float] | None = None,
     ) -> None:
         """One check of a kind that holds no session (an HTTP request): a cycle of its own."""
+        self.checks += 1
+        self.checks_failed += not ok
         # The check began when the request left, so the timeline shows how long it took.
         took = latency_s or 0.0
         cycle = Cycle(time.time() - took, time.perf_counter() - took)
@@ -326,6 +330,8 @@ class ProbeStatus:
             "lost": self.lost,
             "loss_ratio": self.lost / self.sent if self.sent else None,
             "connects": self.connects,
+            "checks": self.checks,
+            "checks_failed": self.checks_failed,
             "disconnects": dict(self.disconnects),
             "last_reconnect_s": self.last_reconnect_s,
             "last_reconnect_at": self.last_reconnect_at,

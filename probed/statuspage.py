@@ -175,6 +175,17 @@ def probe_html(status: ProbeStatus, now: float, *, detailed: bool = True) -> str
     )
 
 
+def _session_rows(status: ProbeStatus, loss: str) -> str:
+    if status.sessionless:
+        failed = f", {status.checks_failed} failed" if status.checks_failed else ""
+        return f"<dt>checks</dt><dd>{status.checks} made{failed} (no held session)</dd>"
+    age = f", for {_e(_age(status.session_age))}" if status.up else ""
+    return (
+        f"<dt>session</dt><dd>{'up' if status.up else 'down'}{age}"
+        f" · {status.connects} connects</dd><dt>loss</dt><dd>{_e(loss)}</dd>"
+    )
+
+
 def _probe_head(status: ProbeStatus, now: float) -> str:
     """The card's heading and figures, up to its history."""
     state = status.state
@@ -199,11 +210,8 @@ def _probe_head(status: ProbeStatus, now: float) -> str:
         f'<span class="kind">{_e(status.kind)}</span>'
         f'<span class="state {_e(state)}">{_e(state)}</span>'
         f'<span class="target">{_e(status.target)}</span></div><dl>'
-        f"<dt>session</dt><dd>{'up' if status.up else 'down'}"
-        f"{f', for {_e(_age(status.session_age))}' if status.up else ''}"
-        f" · {status.connects} connects</dd>"
+        f"{_session_rows(status, loss)}"
         f"<dt>latency</dt><dd>{_latency_text(status)}</dd>"
-        f"<dt>loss</dt><dd>{_e(loss)}</dd>"
         f"<dt>reconnect</dt><dd>{_e(reconnect)}</dd>"
         f"<dt>disconnects</dt><dd>{_e(disconnects)}</dd>"
         f"<dt>last error</dt><dd>{_event_text(status.last_error, now)}</dd>"

@@ -187,6 +187,7 @@ def test_a_sessionless_kind_shows_each_check_as_a_cycle() -> None:
     assert second.steps[0].offset_s >= 0.004  # the cycle began when the request left
     page = page_html([status], configured=1)
     assert "check at" in page and "request failed: status" in page and "<script" not in page
+    assert "2 made, 1 failed (no held session)" in page and " connects<" not in page
     assert [c["what"] for c in status.as_dict()["cycles"]] == ["check", "check"]
 
 
