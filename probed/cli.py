@@ -186,6 +186,14 @@ TARGETS: dict[str, tuple[str, str]] = {
         "probed.targets.pubsub",
         "pub/sub rooms with acks, broadcast, delivery faults and ground truth",
     ),
+    "whip": (
+        "probed.targets.whip",
+        "WHIP endpoint echoing WebRTC audio, with faults (needs the webrtc extra)",
+    ),
+    "stt": (
+        "probed.targets.stt",
+        "streaming speech-to-text emulator: deepgram, assemblyai or generic",
+    ),
 }
 
 

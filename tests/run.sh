@@ -27,10 +27,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# flite and sox regenerate the speech fixtures (the reproducibility test skips without them).
+if ! command -v flite >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing Debian's flite and sox (speech fixture generation)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends flite sox >/dev/null
+  else
+    echo "flite/sox not found: the fixture reproducibility test will be skipped" >&2
+  fi
+fi
+
 echo "== python environment (.venv)"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,webrtc]'
 
 echo "== ruff format / ruff check / mypy --strict"
 .venv/bin/ruff format --check probed tests

@@ -22,8 +22,9 @@ def test_the_exporter_matches_the_contract() -> None:
             family = contract.BY_NAME.get(name)
             assert family is not None, f"{golden.name}: {name} is not in probed/contract.py"
             assert family.type == kind, name
-            # `probe` and the global static labels (location in the golden runs) come on top.
-            own = set(labels.split(",")) - {"probe", "location", ""}
+            # `probe` and the global static labels (location in the golden runs) come on top;
+            # `role` too, on the session families of kinds that hold several kinds of session.
+            own = set(labels.split(",")) - {"probe", "location", "role", ""}
             assert own == set(family.labels) - {"probe"}, name
             assert family.per_probe == ("probe" in labels.split(",")) or name.startswith(
                 "probed_probe_"

@@ -186,6 +186,17 @@ async def test_golden_exposition_of_the_fanout_kind(start_daemon: StartDaemon) -
         text = "global:\n  labels: {location: test-lab}\n" + fanout_yaml(target.url)
         d = await start_daemon(config(text))
         await wait_until(lambda: d.count("probe_fanout_complete_seconds_count", probe="room") >= 2)
+        target.close_all(1011, "golden")  # so that close codes and reconnects have samples
+        await wait_until(
+            lambda: (
+                d.count("probe_reconnect_duration_seconds_count", probe="room", role="subscriber")
+                >= 3
+                and d.count(
+                    "probe_reconnect_duration_seconds_count", probe="room", role="publisher"
+                )
+                >= 1
+            )
+        )
         got = render(parse_exposition(await d.scrape()))
     golden = Path(__file__).parent / "golden" / "fanout.txt"
     if os.environ.get("PROBED_UPDATE_GOLDEN"):
