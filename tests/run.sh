@@ -6,12 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: promtool and prometheus (prometheus), amtool and
-# alertmanager (prometheus-alertmanager), systemd-analyze (systemd), a CONNECT proxy (tinyproxy).
+# alertmanager (prometheus-alertmanager), systemd-analyze (systemd), a CONNECT proxy (tinyproxy),
+# a headless browser for the status page (chromium).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"

@@ -21,7 +21,10 @@ class ProbeConfig(StrictModel):
     """
 
     kind: str
-    name: str = Field(json_schema_extra={"pattern": _NAME_PATTERN})
+    name: str = Field(
+        json_schema_extra={"pattern": _NAME_PATTERN},
+        description="unique name; the probe label of every series (letters, digits, _ . : -)",
+    )
     # How often the probe measures (a message, an utterance, a request); each kind says more.
     interval: Seconds = 1.0
     start_stagger: Seconds | None = Field(
