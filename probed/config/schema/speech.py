@@ -23,9 +23,11 @@ class SpeechSloConfig(StrictModel):
 
 class SpeechProbeConfig(WebSocketEndpoint, ProbeConfig):
     kind: Literal["speech"]
-    adapter: SpeechAdapterName
+    adapter: SpeechAdapterName = Field(description="the provider's streaming protocol")
     api_key: SecretStr | None = Field(default=None, description="the provider's API key")
-    api_key_file: ReadableFile | None = None
+    api_key_file: ReadableFile | None = Field(
+        default=None, description="a file holding the API key (e.g. a systemd credential)"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="the adapter's own settings (model, language, endpointing_ms, ...; for "
@@ -49,7 +51,9 @@ class SpeechProbeConfig(WebSocketEndpoint, ProbeConfig):
     final_timeout: Seconds = Field(
         default=5.0, description="no final this long after the end of speech: a timeout"
     )
-    slo: SpeechSloConfig = SpeechSloConfig()
+    slo: SpeechSloConfig = Field(
+        default=SpeechSloConfig(), description="thresholds; each is a histogram bucket boundary"
+    )
 
     _file_key: SecretStr | None = PrivateAttr(default=None)
 
