@@ -22,6 +22,7 @@ from websockets.frames import CloseCode
 from probed.config import ReconnectConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
 from probed.metrics import SessionMetrics
+from probed.redact import Redactor
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
@@ -67,7 +68,7 @@ class Session:
     # The provider's latest resumption handle: the handler updates it as the provider sends new
     # ones, and the supervisor carries it into the next session's setup.
     resume_handle: str | None
-    secrets: tuple[str, ...] = ()
+    redactor: Redactor = field(default_factory=Redactor)
     last_inbound_ns: int = field(default_factory=time.perf_counter_ns)
     draining: bool = False
 
@@ -75,11 +76,9 @@ class Session:
         """A string from the network with every configured secret blanked out.
 
         A hostile or careless server may reflect our Authorization header (into a close reason,
-        an error frame); nothing it sends reaches a log unredacted.
+        an error frame); nothing it sends reaches a log unredacted. Also bounded in length.
         """
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return self.redactor(text)
 
     async def recv(self) -> tuple[str | bytes, int]:
         """The next inbound message and the instant its bytes arrived, before any parsing."""
@@ -89,6 +88,8 @@ class Session:
         return data, arrived
 
     async def send(self, data: str | bytes) -> None:
+        # A peer that stopped reading would otherwise collect every message we send.
+        self.ws.check_write_buffer(len(data))
         await self.ws.send(data)
 
 
@@ -193,7 +194,7 @@ class Supervisor:
         self._log = log if metrics.role is None else log.bind(role=metrics.role)
         self._cycle = cycle
         self._epoch = 0
-        self._secrets = tuple(v for v in endpoint.request_headers().values() if len(v) >= 4)
+        self._redactor = self._dialer.redactor
         # Carried from one session into the next setup, for providers that can resume.
         self.resume_handle: str | None = None
         self.session: Session | None = None
@@ -281,7 +282,7 @@ class Supervisor:
             epoch=self._epoch,
             started_ns=0,
             resume_handle=self.resume_handle,
-            secrets=self._secrets,
+            redactor=self._redactor,
         )
         limit = self._cfg.connect_timeout
         started = time.perf_counter()
@@ -344,6 +345,9 @@ class Supervisor:
         done: set[asyncio.Task[None]],
         tasks: Mapping[asyncio.Task[None], str],
     ) -> tuple[str, int | None]:
+        if session.ws.flooded:
+            # We cut it ourselves: the peer made us hold more than a session may (dial.py).
+            return "flood", None
         # Prefer what the transport says over the keepalive's view when both ended together.
         ordered = sorted(done, key=lambda t: tasks[t] != "serve")
         for task in ordered:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import secrets
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import structlog
 from websockets.exceptions import ConnectionClosed
 
+from probed import safejson
 from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
 from probed.delivery import DeliveryTracker, open_loop
@@ -148,12 +148,14 @@ class EchoProbe:
             key = text
         else:
             try:
-                value = dig(json.loads(text), self._json_path)
-            except ValueError:
-                self._msg.unmatched("not_json")
-                self._log.debug("reply is not JSON", size=len(text))
+                value = dig(safejson.loads(text), self._json_path)
+            except safejson.JsonRefused as exc:
+                # Whatever the bytes, a reply that cannot be decoded is counted, never a crash.
+                self._msg.unmatched(exc.reason)
+                self._log.debug("reply not decoded", reason=exc.reason, size=len(text))
                 return
-            if value is None:
+            if value is None or isinstance(value, dict | list):
+                # Ids are scalars; a nested value would only match by accident.
                 self._msg.unmatched("missing_field")
                 return
             key = str(value)

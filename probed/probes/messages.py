@@ -7,7 +7,8 @@ from typing import Final
 from probed.delivery import Outcome, Received
 from probed.metrics import Latency, ProbeMetrics
 
-UNMATCHED_REASONS: Final = ("not_json", "missing_field", "late", "unknown")
+# too_large and too_deep: replies refused by the bounded JSON decoder (probed/safejson.py).
+UNMATCHED_REASONS: Final = ("not_json", "missing_field", "late", "unknown", "too_large", "too_deep")
 
 
 class MessageMetrics:
