@@ -83,12 +83,31 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not args.config:
         print("probed check: give -c FILE or --schema", file=sys.stderr)
         return 2
+    # Warnings found while loading (a token file others can read) go with the errors.
+    logs.configure("warning", json=_json_logs(args), stream=sys.stderr)
     config = _load(args.config)
     if config is None:
         return 1
     names = ", ".join(p.name for p in config.probes) or "none"
     print(f"{args.config}: OK, {len(config.probes)} probe(s): {names}")
+    _warn_descriptors(config.sessions)
     return 0
+
+
+# Descriptors the daemon needs besides sessions: HTTP clients, the listener, logs, the loop.
+_FD_RESERVE = 128
+
+
+def _warn_descriptors(sessions: int) -> None:
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and sessions + _FD_RESERVE > soft:
+        print(
+            f"probed check: warning: {sessions} sessions need about {sessions + _FD_RESERVE} "
+            f"file descriptors but the limit here is {soft} (raise LimitNOFILE= / ulimit -n)",
+            file=sys.stderr,
+        )
 
 
 def cmd_once(args: argparse.Namespace) -> int:

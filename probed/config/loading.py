@@ -9,6 +9,7 @@ is reported at once, in file order.
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 import yaml
 from pydantic import ValidationError
@@ -22,7 +23,25 @@ from probed.config.errors import (
 )
 from probed.config.schema.root import Config, config_model
 from probed.config.validation import _format_path, _LoadContext
-from probed.config.yaml_reader import _DocumentReader
+from probed.config.yaml_reader import BoundedLoader, _DocumentReader, flow_nesting_problem
+
+# A 1,000-probe config is a few hundred KiB and 10,000 probes fit; a larger file is a mistake (or
+# an attack) and would take many seconds and hundreds of MiB to parse.
+MAX_CONFIG_BYTES: Final = 2 * 1024 * 1024
+
+
+def _too_large(source: str) -> ConfigError:
+    return ConfigError(
+        [
+            ConfigIssue(
+                "",
+                None,
+                f"the config is larger than {MAX_CONFIG_BYTES // 2**20} MiB, the most probed "
+                "reads (split it, or check that this is the right file)",
+            )
+        ],
+        source,
+    )
 
 
 def parse_config(
@@ -37,8 +56,25 @@ def parse_config(
     base_dir anchors relative file paths (load_config passes the config file's directory);
     without it they are relative to the working directory.
     """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise _too_large(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _parse(text, source, env, base_dir)
+    except ConfigError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        # No input may end in a traceback: whatever the reader missed is still a config error.
+        raise ConfigError(
+            [ConfigIssue("", None, f"the config cannot be read ({type(exc).__name__})")], source
+        ) from None
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path | None) -> Config:
+    flow = flow_nesting_problem(text)
+    if flow is not None:
+        raise ConfigError([ConfigIssue("", flow[0], f"invalid YAML: {flow[1]}")], source)
+    try:
+        root = yaml.compose(text, Loader=BoundedLoader)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, text)], source) from None
     reader = _DocumentReader(os.environ if env is None else env)
@@ -78,11 +114,14 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
     path = Path(path)
     source = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue("", None, f"cannot read the config file: {exc.strerror or exc}")], source
         ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _too_large(source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

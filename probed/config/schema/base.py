@@ -44,6 +44,15 @@ class ProbeConfig(StrictModel):
         """Where the probe points, for labels and logs: never credentials or a query string."""
         raise NotImplementedError
 
+    @property
+    def sessions(self) -> int:
+        """Connections the probe holds at once (a fan-out kind: publisher plus subscribers).
+
+        Summed over probes and bounded by the Config, so that `probed check` refuses a config
+        that would run the daemon out of descriptors, not the daemon at 3 am.
+        """
+        return 1
+
     def slo_thresholds(self) -> tuple[float, ...]:
         """The probe's SLO thresholds; each becomes an exact bucket boundary of its histograms."""
         return ()
