@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config,
             config_path=Path(args.config),
             listen=args.listen,
+            enable_lifecycle=args.web_enable_lifecycle,
         )
         await daemon.run()
 
@@ -189,6 +190,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, help="YAML config file")
     run.add_argument("--listen", type=_listen, help="HTTP listen address (overrides global.listen)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = add("check", "validate a config file (exit 0/1)")

@@ -22,6 +22,7 @@ from websockets.frames import CloseCode
 from probed.config import ReconnectConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
 from probed.metrics import SessionMetrics
+from probed.ratelimit import LogLimiter, log_limited
 from probed.redact import Redactor
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
@@ -195,6 +196,8 @@ class Supervisor:
         self._cycle = cycle
         self._epoch = 0
         self._redactor = self._dialer.redactor
+        # A flapping target must not flood the journal; the counters still see every event.
+        self._limiter = LogLimiter()
         # Carried from one session into the next setup, for providers that can resume.
         self.resume_handle: str | None = None
         self.session: Session | None = None
@@ -218,7 +221,10 @@ class Supervisor:
                 attempt += 1
                 delay = self._backoff.delay(attempt, exc.retry_after)
                 self._metrics.connect_failed(exc.reason, f"{exc.phase}: {exc.detail}")
-                self._log.warning(
+                log_limited(
+                    self._limiter,
+                    self._log,
+                    "warning",
                     "connect failed",
                     reason=exc.reason,
                     phase=exc.phase,
@@ -237,7 +243,10 @@ class Supervisor:
                 reconnect=reconnect_s,
                 cert_expiry=cert_expiry(session.ws),
             )
-            self._log.info(
+            log_limited(
+                self._limiter,
+                self._log,
+                "info",
                 "session up",
                 epoch=session.epoch,
                 **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()},
@@ -259,7 +268,10 @@ class Supervisor:
             else:
                 delay = 0.0 if reason in _AT_ONCE else self._backoff.delay(attempt)
                 loss_ns = ended_ns
-            self._log.info(
+            log_limited(
+                self._limiter,
+                self._log,
+                "info",
                 "session down",
                 epoch=session.epoch,
                 reason=reason,

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import html
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from probed import __version__
+from probed import __version__, lifecycle
 from probed.config import split_listen
+from probed.httpguard import ConnectionGuard, HttpLimits
 
 if TYPE_CHECKING:
     from probed.daemon import Daemon
 
 _DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard")
+_ALLOWED_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("allowed_hosts")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -37,7 +41,17 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _reload(request: web.Request) -> web.Response:
-    ok, message = request.app[_DAEMON].reload()
+    daemon = request.app[_DAEMON]
+    if not daemon.enable_lifecycle:
+        return web.Response(
+            status=403,
+            text="the lifecycle API is off: start probed with --web.enable-lifecycle, "
+            "or send SIGHUP to reload\n",
+        )
+    refusal = lifecycle.refusal(request.headers, request.app[_ALLOWED_HOSTS])
+    if refusal is not None:
+        return web.Response(status=403, text=f"reload refused: {refusal}\n")
+    ok, message = await daemon.reload()
     if ok:
         return web.Response(text=f"config reloaded ({message})\n")
     return web.Response(status=500, text=f"config reload failed; running config kept:\n{message}\n")
@@ -58,9 +72,26 @@ async def _index(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="text/html")
 
 
-def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application()
+@web.middleware
+async def _track_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # The connection guard times out connections that are not in a request; this says when
+    # one is.
+    guard = request.app[_GUARD]
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_ended(request.transport)
+
+
+def make_app(daemon: Daemon, guard: ConnectionGuard | None = None) -> web.Application:
+    # Nothing probed serves takes a body beyond a few bytes; a large one is refused unread.
+    app = web.Application(middlewares=[_track_requests], client_max_size=64 * 1024)
     app[_DAEMON] = daemon
+    app[_GUARD] = guard or ConnectionGuard(HttpLimits())
+    app[_ALLOWED_HOSTS] = lifecycle.allowed_hosts(daemon.listen)
     app.router.add_get("/", _index)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
@@ -70,15 +101,39 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_http(daemon: Daemon, listen: str) -> tuple[web.AppRunner, tuple[str, int]]:
+class HttpServer:
+    """The listening socket and the aiohttp runner behind it."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, guard: ConnectionGuard):
+        self.runner = runner
+        self.server = server
+        self.guard = guard
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def start_http(
+    daemon: Daemon, listen: str, limits: HttpLimits | None = None
+) -> tuple[HttpServer, tuple[str, int]]:
     host, port = split_listen(listen)
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    guard = ConnectionGuard(limits or HttpLimits())
+    runner = web.AppRunner(
+        make_app(daemon, guard),
+        access_log=None,
+        handle_signals=False,
+        # aiohttp's own idle limit, kept in step with the guard's.
+        keepalive_timeout=guard.limits.idle_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host or None, port, reuse_address=True)
+    assert runner.server is not None
+    guard.inner = runner.server
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        server = await loop.create_server(guard.factory, host or None, port, reuse_address=True)
     except OSError:
         await runner.cleanup()
         raise
-    bound = runner.addresses[0]
-    return runner, (str(bound[0]), int(bound[1]))
+    bound = server.sockets[0].getsockname()
+    return HttpServer(runner, server, guard), (str(bound[0]), int(bound[1]))
