@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -96,6 +97,15 @@ class Daemon:
                 self._tg = tg
                 lag = tg.create_task(self.lag.run())
                 self._apply(self.config)
+                # Everything built so far (modules, the probes and their registries) lives as
+                # long as the daemon: out of the collector's sight, a full collection (which
+                # holds the GIL, so stalls the loop even when it runs in a reload's worker
+                # thread) walks only what came later: ~350 ms -> ~90 ms with 1,000 probes.
+                # The price: reference cycles among these objects are never collected, so a
+                # probe removed later may leave a little garbage, once. Garbage from before is
+                # collected first, so none of it is frozen.
+                gc.collect()
+                gc.freeze()
                 self.ready.set()
                 sd_notify("READY=1")
                 self._log.info(
