@@ -386,7 +386,9 @@ class Supervisor:
             if exc is not None:
                 # A handler bug or a peer that made it trip: this session ends, the probe goes
                 # on under the normal backoff. Logged once, with the traceback, to be fixed.
-                self._log.error("handler failed; session ends", exc_info=exc)
+                log_limited(
+                    self._limiter, self._log, "error", "handler failed; session ends", exc_info=exc
+                )
                 await self._close(session, CloseCode.INTERNAL_ERROR, "probe error")
                 return "error", None
         # The handler returned: it chose to end the session.
