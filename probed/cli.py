@@ -56,6 +56,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    web_config = None
+    if args.web_config_file:
+        from probed.config import ConfigError
+        from probed.webconfig import load_web_config
+
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            print(f"probed: web config has {len(exc.issues)} error(s):", file=sys.stderr)
+            print(exc, file=sys.stderr)
+            return 1
     logs.configure(args.log_level or config.global_.log_level, json=_json_logs(args))
 
     async def main() -> None:
@@ -64,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config_path=Path(args.config),
             listen=args.listen,
             enable_lifecycle=args.web_enable_lifecycle,
+            web_config=web_config,
         )
         await daemon.run()
 
@@ -195,6 +207,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         dest="web_enable_lifecycle",
         action="store_true",
         help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)",
+    )
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="TLS and basic auth for the HTTP endpoint (Prometheus exporter-toolkit format)",
     )
     run.set_defaults(func=cmd_run)
 

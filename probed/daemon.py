@@ -23,6 +23,7 @@ from probed.httpguard import HttpLimits
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.ratelimit import LogLimiter, log_limited
 from probed.selfmon import LagMonitor
+from probed.webconfig import WebConfig
 
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
@@ -50,11 +51,14 @@ class Daemon:
         listen: str | None = None,
         enable_lifecycle: bool = False,
         http_limits: HttpLimits | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.config = config
         # POST /-/reload: off unless asked for, as in Prometheus; SIGHUP always reloads.
         self.enable_lifecycle = enable_lifecycle
         self.http_limits = http_limits or HttpLimits()
+        # TLS and basic auth for the HTTP endpoint (--web.config.file); read once at start.
+        self.web_config = web_config
         # Config files actually read by reloads (requests are coalesced; this counts the work).
         self.reloads = 0
         self._path = config_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -13,6 +13,7 @@ from prometheus_client.exposition import choose_encoder
 from probed import __version__, lifecycle
 from probed.config import split_listen
 from probed.httpguard import ConnectionGuard, HttpLimits
+from probed.webconfig import BasicAuth
 
 if TYPE_CHECKING:
     from probed.daemon import Daemon
@@ -87,8 +88,12 @@ async def _track_requests(
 
 
 def make_app(daemon: Daemon, guard: ConnectionGuard | None = None) -> web.Application:
+    middlewares: list[Any] = [_track_requests]
+    web_config = daemon.web_config
+    if web_config is not None and web_config.basic_auth_users:
+        middlewares.append(BasicAuth(web_config.basic_auth_users).middleware)
     # Nothing probed serves takes a body beyond a few bytes; a large one is refused unread.
-    app = web.Application(middlewares=[_track_requests], client_max_size=64 * 1024)
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[_DAEMON] = daemon
     app[_GUARD] = guard or ConnectionGuard(HttpLimits())
     app[_ALLOWED_HOSTS] = lifecycle.allowed_hosts(daemon.listen)
@@ -131,7 +136,14 @@ async def start_http(
     guard.inner = runner.server
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(guard.factory, host or None, port, reuse_address=True)
+        tls = daemon.web_config.tls_server_config if daemon.web_config is not None else None
+        server = await loop.create_server(
+            guard.factory,
+            host or None,
+            port,
+            reuse_address=True,
+            ssl=tls.ssl_context() if tls is not None else None,
+        )
     except OSError:
         await runner.cleanup()
         raise
