@@ -10,7 +10,9 @@ import asyncio
 import json
 import os
 import resource
+import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
@@ -19,7 +21,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from probed.config import EchoProbeConfig
 from probed.dial import ConnectError, Dialer
 from probed.targets.echo import EchoTarget
-from tests.conftest import RunningDaemon, config, wait_until
+from tests.conftest import RunningDaemon, bound, config, wait_until
 from tests.test_reconnect import RawServer, complete_upgrade, read_request
 
 StartDaemon = Callable[..., Awaitable[RunningDaemon]]
@@ -94,6 +96,9 @@ async def test_ping_flood_from_a_peer_that_never_reads_is_a_bounded_flood(
         )
         await healthy_still_measures(d)
         assert rss_bytes() - start_rss < MEMORY_BOUND
+        # The flood no longer starves the loop: the healthy probe's measurements are kept.
+        tainted = metric(d, "probe_measurements_tainted_total", "healthy")
+        assert tainted <= metric(d, "probe_messages_received_total", "healthy") / 2
         assert d.count("probed_probe_restarts_total", probe="victim") == 0
         assert metric(d, "probe_disconnects_total", "victim", reason="shutdown") == 0
 
@@ -255,3 +260,52 @@ async def test_out_of_descriptors_while_dialling_is_a_resources_connect_error(
     assert caught.value.phase == "tcp"
     conn = await dialer.dial()  # and with descriptors back, it connects again
     await conn.close()
+
+
+async def test_probed_once_never_prints_a_reflected_secret(tmp_path: Path) -> None:
+    async def reflect(ws: ServerConnection) -> None:
+        auth = ws.request.headers.get("Authorization", "") if ws.request else ""
+        await ws.recv()
+        await ws.close(4000, f"you sent {auth}"[:120])
+
+    async def bad_accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = (await read_request(reader)).decode("latin-1")
+        auth = next(
+            line.split(":", 1)[1].strip()
+            for line in request.split("\r\n")
+            if line.lower().startswith("authorization:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + auth.encode() + b"\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    async with serve(reflect, "127.0.0.1", 0) as server, RawServer(bad_accept) as raw:
+        port = server.sockets[0].getsockname()[1]
+        path = tmp_path / "once.yaml"
+        path.write_text(
+            "probes:\n"
+            f"  - {{name: closes, kind: echo, url: 'ws://127.0.0.1:{port}/',"
+            f" bearer_token: {CANARY}, timeout: 2s}}\n"
+            f"  - {{name: accepts, kind: echo, url: '{raw.url()}',"
+            f" bearer_token: {CANARY}, timeout: 2s}}\n"
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "probed",
+            "--log-format",
+            "json",
+            "once",
+            "-c",
+            str(path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), bound(30))
+    text = (out + err).decode()
+    assert proc.returncode == 1
+    assert CANARY not in text
+    assert text.count("<redacted>") >= 2, text
