@@ -16,6 +16,7 @@ from probed import __version__, logs
 
 if TYPE_CHECKING:
     from probed.config import Config
+    from probed.webconfig import WebConfig
 
 T = TypeVar("T")
 
@@ -40,6 +41,18 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _load_web(path: str) -> WebConfig | None:
+    from probed.config import ConfigError
+    from probed.webconfig import load_web_config
+
+    try:
+        return load_web_config(path)
+    except ConfigError as exc:
+        print(f"probed: web config has {len(exc.issues)} error(s):", file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return None
+
+
 def _listen(value: str) -> str:
     from probed.config import split_listen
 
@@ -58,14 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     web_config = None
     if args.web_config_file:
-        from probed.config import ConfigError
-        from probed.webconfig import load_web_config
-
-        try:
-            web_config = load_web_config(args.web_config_file)
-        except ConfigError as exc:
-            print(f"probed: web config has {len(exc.issues)} error(s):", file=sys.stderr)
-            print(exc, file=sys.stderr)
+        web_config = _load_web(args.web_config_file)
+        if web_config is None:
             return 1
     logs.configure(args.log_level or config.global_.log_level, json=_json_logs(args))
 
@@ -93,8 +100,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(config_json_schema(), indent=2))
         return 0
+    if args.web_config_file:
+        logs.configure("warning", json=_json_logs(args), stream=sys.stderr)
+        if _load_web(args.web_config_file) is None:
+            return 1
+        print(f"{args.web_config_file}: OK")
+        if not args.config:
+            return 0
     if not args.config:
-        print("probed check: give -c FILE or --schema", file=sys.stderr)
+        print("probed check: give -c FILE, --web.config.file FILE or --schema", file=sys.stderr)
         return 2
     # Warnings found while loading (a token file others can read) go with the errors.
     logs.configure("warning", json=_json_logs(args), stream=sys.stderr)
@@ -219,6 +233,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     check = add("check", "validate a config file (exit 0/1)")
     check.add_argument("-c", "--config", help="YAML config file")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
+    check.add_argument(
+        "--web.config.file", dest="web_config_file", metavar="FILE", help="check a web config"
+    )
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -140,3 +141,25 @@ def test_bad_web_configs_are_config_errors_with_lines(
         load_web_config(write(tmp / "web.yml", text))
     rendered = str(caught.value)
     assert says in rendered and f"web.yml:{where}:" in rendered, rendered
+
+
+async def test_check_validates_a_web_config(pki: tuple[trustme.CA, trustme.CA, Path]) -> None:
+    _server_ca, _client_ca, tmp = pki
+    good = write(
+        tmp / "good.yml", "tls_server_config: {cert_file: server.pem, key_file: server.pem}\n"
+    )
+    bad = write(tmp / "bad.yml", "tls_server_config: {cert_file: server.pem}\n")
+    for path, code in ((good, 0), (bad, 1)):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "probed",
+            "check",
+            "--web.config.file",
+            str(path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == code, (out, err)
+    assert b"bad.yml:1: tls_server_config.key_file: required key is missing" in err
