@@ -25,6 +25,8 @@ from probed.config import ReconnectConfig
 from probed.config.schema.framing import FramingConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
 from probed.metrics import SessionMetrics
+from probed.ratelimit import LogLimiter, log_limited
+from probed.redact import Redactor
 from probed.scripting import SetupScript
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
@@ -78,7 +80,7 @@ class Session:
     # The provider's latest resumption handle: the handler updates it as the provider sends new
     # ones, and the supervisor carries it into the next session's setup.
     resume_handle: str | None
-    secrets: tuple[str, ...] = ()
+    redactor: Redactor = field(default_factory=Redactor)
     # Values the setup steps captured (a session id, a room id), for the probe's own templates.
     variables: dict[str, str] = field(default_factory=dict)
     # An application framing (Socket.IO, graphql-transport-ws): messages pass through it.
@@ -91,11 +93,9 @@ class Session:
         """A string from the network with every configured secret blanked out.
 
         A hostile or careless server may reflect our Authorization header (into a close reason,
-        an error frame); nothing it sends reaches a log unredacted.
+        an error frame); nothing it sends reaches a log unredacted. Also bounded in length.
         """
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return self.redactor(text)
 
     async def recv_frame(self) -> tuple[str | bytes, int]:
         """The next frame off the wire and the instant its bytes arrived, before any parsing."""
@@ -126,6 +126,8 @@ class Session:
     async def send(self, data: str | bytes) -> None:
         if self.framing is not None and isinstance(data, str):
             data = self.framing.wrap(data)
+        # A peer that stopped reading would otherwise collect every message we send.
+        self.ws.check_write_buffer(len(data))
         await self.ws.send(data)
 
 
@@ -233,7 +235,9 @@ class Supervisor:
         self._script = SetupScript(endpoint.setup, variables or {}, self._log)
         self._framing = endpoint.framing
         self._epoch = 0
-        self._secrets = tuple(v for v in endpoint.request_headers().values() if len(v) >= 4)
+        self._redactor = self._dialer.redactor
+        # A flapping target must not flood the journal; the counters still see every event.
+        self._limiter = LogLimiter()
         # Carried from one session into the next setup, for providers that can resume.
         self.resume_handle: str | None = None
         self.session: Session | None = None
@@ -257,7 +261,10 @@ class Supervisor:
                 attempt += 1
                 delay = self._backoff.delay(attempt, exc.retry_after)
                 self._metrics.connect_failed(exc.reason, f"{exc.phase}: {exc.detail}")
-                self._log.warning(
+                log_limited(
+                    self._limiter,
+                    self._log,
+                    "warning",
                     "connect failed",
                     reason=exc.reason,
                     phase=exc.phase,
@@ -276,7 +283,10 @@ class Supervisor:
                 reconnect=reconnect_s,
                 cert_expiry=cert_expiry(session.ws),
             )
-            self._log.info(
+            log_limited(
+                self._limiter,
+                self._log,
+                "info",
                 "session up",
                 epoch=session.epoch,
                 **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()},
@@ -298,7 +308,10 @@ class Supervisor:
             else:
                 delay = 0.0 if reason in _AT_ONCE else self._backoff.delay(attempt)
                 loss_ns = ended_ns
-            self._log.info(
+            log_limited(
+                self._limiter,
+                self._log,
+                "info",
                 "session down",
                 epoch=session.epoch,
                 reason=reason,
@@ -321,7 +334,7 @@ class Supervisor:
             epoch=self._epoch,
             started_ns=0,
             resume_handle=self.resume_handle,
-            secrets=self._secrets,
+            redactor=self._redactor,
         )
         limit = self._cfg.connect_timeout
         started = time.perf_counter()
@@ -416,6 +429,9 @@ class Supervisor:
         done: set[asyncio.Task[None]],
         tasks: Mapping[asyncio.Task[None], str],
     ) -> tuple[str, int | None]:
+        if session.ws.flooded:
+            # We cut it ourselves: the peer made us hold more than a session may (dial.py).
+            return "flood", None
         # Prefer what the transport says over the keepalive's view when both ended together.
         ordered = sorted(done, key=lambda t: tasks[t] != "serve")
         for task in ordered:
@@ -442,7 +458,9 @@ class Supervisor:
             if exc is not None:
                 # A handler bug or a peer that made it trip: this session ends, the probe goes
                 # on under the normal backoff. Logged once, with the traceback, to be fixed.
-                self._log.error("handler failed; session ends", exc_info=exc)
+                log_limited(
+                    self._limiter, self._log, "error", "handler failed; session ends", exc_info=exc
+                )
                 await self._close(session, CloseCode.INTERNAL_ERROR, "probe error")
                 return "error", None
         # The handler returned: it chose to end the session.

@@ -52,6 +52,15 @@ class ProbeConfig(StrictModel):
         """The `adapter` label of probe_info: which provider protocol (and mode) a probe speaks."""
         return ""
 
+    @property
+    def sessions(self) -> int:
+        """Connections the probe holds at once (a fan-out kind: publisher plus subscribers).
+
+        Summed over probes and bounded by the Config, so that `probed check` refuses a config
+        that would run the daemon out of descriptors, not the daemon at 3 am.
+        """
+        return 1
+
     def slo_thresholds(self) -> tuple[float, ...]:
         """The probe's SLO thresholds; each becomes an exact bucket boundary of its histograms."""
         return ()

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from probed.config.durations import DURATION_PATTERN, Seconds, format_duration
+from probed.config.files import FileRefused, check_regular
 from probed.config.validation import Problem, _fail, _LoadContext, _problems_error
 
 
@@ -40,8 +41,9 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
         # systemd or in a container is rarely where the operator thinks it is.
         path = info.context.base_dir / value
     try:
-        with path.open("rb"):
-            pass
+        check_regular(path)
+    except FileRefused as exc:
+        raise _fail(str(exc)) from None
     except FileNotFoundError:
         raise _fail(f"file {path} does not exist") from None
     except IsADirectoryError:
