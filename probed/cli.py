@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import sys
 from collections.abc import Coroutine, Sequence
@@ -57,11 +58,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     logs.configure(args.log_level or config.global_.log_level, json=_json_logs(args))
 
+    from probed.sharding import resolve
+
+    try:
+        shard = resolve(args.shard, args.shard_replicas)
+    except ValueError as exc:
+        print(f"probed: {exc}", file=sys.stderr)
+        return 2
+
     async def main() -> None:
         daemon = Daemon(
             config,
             config_path=Path(args.config),
             listen=args.listen,
+            shard=shard,
         )
         await daemon.run()
 
@@ -87,12 +97,26 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     names = ", ".join(p.name for p in config.probes) or "none"
     print(f"{args.config}: OK, {len(config.probes)} probe(s): {names}")
+    return _print_shard(args, config)
+
+
+def _print_shard(args: argparse.Namespace, config: Config) -> int:
+    """With --shard (or PROBED_SHARD): which of the probes this replica would run."""
+    from probed.sharding import resolve
+
+    try:
+        shard = resolve(args.shard, args.shard_replicas)
+    except ValueError as exc:
+        print(f"probed: {exc}", file=sys.stderr)
+        return 2
+    if shard is not None:
+        mine = [p.name for p in shard.select(config.probes)]
+        print(f"shard {shard}: {len(mine)} probe(s): {', '.join(mine) or 'none'}")
     return 0
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from probed import probes
-    from probed.metrics import ProbeMetrics
+    from probed import kinds
 
     config = _load(args.config)
     if config is None:
@@ -106,10 +130,10 @@ def cmd_once(args: argparse.Namespace) -> int:
     async def main() -> bool:
         ok = True
         for cfg in selected:
-            metrics = ProbeMetrics(cfg.name, kind=cfg.kind, target=cfg.target)
+            metrics = kinds.new_metrics(cfg)
             log = logs.get(probe=cfg.name)
-            log.info("probing", target=cfg.target)
-            passed = await probes.build(cfg, metrics, log).once()
+            log.info("probing", kind=cfg.kind, target=cfg.target)
+            passed = await kinds.build(cfg, metrics, log).once()
             (log.info if passed else log.error)("result", success=passed)
             ok = ok and passed
         return ok
@@ -137,9 +161,27 @@ def _json_logs(args: argparse.Namespace) -> bool | None:
     return {"auto": None, "json": True, "console": False}[args.log_format]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from probed.targets import echo, proxy, stt
+# Reference targets, imported only when `probed target ...` runs: the daemon and `check` never
+# load them (nor aiohttp's server side, for check).
+TARGETS: dict[str, tuple[str, str]] = {
+    "echo": ("probed.targets.echo", "WebSocket echo server with fault controls"),
+    "proxy": ("probed.targets.proxy", "fault-injecting TCP proxy with a control endpoint"),
+    "pubsub": (
+        "probed.targets.pubsub",
+        "pub/sub rooms with acks, broadcast, delivery faults and ground truth",
+    ),
+    "whip": (
+        "probed.targets.whip",
+        "WHIP endpoint echoing WebRTC audio, with faults (needs the webrtc extra)",
+    ),
+    "stt": (
+        "probed.targets.stt",
+        "streaming speech-to-text emulator: deepgram, assemblyai or generic",
+    ),
+}
 
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed",
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
@@ -149,11 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-format",
+        "--log.format",
+        dest="log_format",
         choices=("auto", "json", "console"),
         default=argparse.SUPPRESS,
         help="auto (default): console on a terminal, JSON lines otherwise",
     )
-    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument(
+        "--log-format",
+        "--log.format",
+        dest="log_format",
+        choices=("auto", "json", "console"),
+        default="auto",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, text: str, into: Any = sub) -> argparse.ArgumentParser:
@@ -161,18 +211,46 @@ def build_parser() -> argparse.ArgumentParser:
         return made
 
     run = add("run", "run the daemon")
-    run.add_argument("-c", "--config", required=True, help="YAML config file")
-    run.add_argument("--listen", type=_listen, help="HTTP listen address (overrides global.listen)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    # The Prometheus exporters' flag names too, so existing runbooks and manifests carry over.
+    run.add_argument(
+        "-c", "--config", "--config.file", dest="config", required=True, help="YAML config file"
+    )
+    run.add_argument(
+        "--listen",
+        "--web.listen-address",
+        dest="listen",
+        type=_listen,
+        help="HTTP listen address (overrides global.listen)",
+    )
+    run.add_argument(
+        "--log-level",
+        "--log.level",
+        dest="log_level",
+        choices=("debug", "info", "warning", "error"),
+    )
+    run.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="run only the probes rendezvous hashing gives this shard, e.g. 0/3 or $(POD_NAME)/3"
+        " (default: $PROBED_SHARD; unset runs every probe)",
+    )
+    run.add_argument(
+        "--shard-replicas",
+        type=int,
+        metavar="K",
+        help="run each probe on K of the shards (default: $PROBED_SHARD_REPLICAS or 1)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = add("check", "validate a config file (exit 0/1)")
-    check.add_argument("-c", "--config", help="YAML config file")
+    check.add_argument("-c", "--config", "--config.file", dest="config", help="YAML config file")
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
+    check.add_argument("--shard", metavar="INDEX/COUNT", help="also list this shard's probes")
+    check.add_argument("--shard-replicas", type=int, metavar="K")
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")
-    once.add_argument("-c", "--config", required=True)
+    once.add_argument("-c", "--config", "--config.file", dest="config", required=True)
     once.add_argument("--probe", help="only this probe")
     once.set_defaults(func=cmd_once)
 
@@ -183,16 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=None, help="stop after SECONDS")
     demo.set_defaults(func=cmd_demo)
 
-    target = add("target", "run a reference target")
+    target = add("target", "run a reference target (" + ", ".join(TARGETS) + ")")
     kinds = target.add_subparsers(dest="target", required=True)
-    for name, module, text in (
-        ("echo", echo, "WebSocket echo server with fault controls"),
-        ("proxy", proxy, "fault-injecting TCP proxy with a control endpoint"),
-        ("stt", stt, "streaming speech-to-text emulator: deepgram, assemblyai or generic"),
-    ):
+    for name, (module_name, text) in TARGETS.items():
         p = add(name, text, kinds)
-        module.add_arguments(p)
-        p.set_defaults(func=cmd_target, serve=module.serve)
+        if "target" in argv:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(func=cmd_target, serve=module.serve)
 
     add("version", "print the version").set_defaults(
         func=lambda _a: print(f"probed {__version__}") or 0
@@ -201,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     code: int = args.func(args)
     return code

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,9 +20,12 @@ import structlog
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from probed.app_framing import FramingClosed, SessionFraming, SetupFailed
 from probed.config import ReconnectConfig
+from probed.config.schema.framing import FramingConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
-from probed.metrics import ProbeMetrics
+from probed.metrics import SessionMetrics
+from probed.scripting import SetupScript
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
@@ -53,6 +57,13 @@ class AppTimeout(SessionEnded):
     close_code = CloseCode.NORMAL_CLOSURE
 
 
+class ServerGone(SessionEnded):
+    """The server ended the session inside its protocol (a Socket.IO disconnect packet)."""
+
+    reason = "server_close"
+    close_code = CloseCode.NORMAL_CLOSURE
+
+
 class _Stalled(Exception):
     pass
 
@@ -64,18 +75,57 @@ class Session:
     ws: TimedConnection
     epoch: int
     started_ns: int
+    # The provider's latest resumption handle: the handler updates it as the provider sends new
+    # ones, and the supervisor carries it into the next session's setup.
     resume_handle: str | None
+    secrets: tuple[str, ...] = ()
+    # Values the setup steps captured (a session id, a room id), for the probe's own templates.
+    variables: dict[str, str] = field(default_factory=dict)
+    # An application framing (Socket.IO, graphql-transport-ws): messages pass through it.
+    framing: SessionFraming | None = None
     last_inbound_ns: int = field(default_factory=time.perf_counter_ns)
     draining: bool = False
+    _inbox: deque[tuple[str | bytes, int]] = field(default_factory=deque)
 
-    async def recv(self) -> tuple[str | bytes, int]:
-        """The next inbound message and the instant its bytes arrived, before any parsing."""
+    def redact(self, text: str) -> str:
+        """A string from the network with every configured secret blanked out.
+
+        A hostile or careless server may reflect our Authorization header (into a close reason,
+        an error frame); nothing it sends reaches a log unredacted.
+        """
+        for secret in self.secrets:
+            text = text.replace(secret, "<redacted>")
+        return text
+
+    async def recv_frame(self) -> tuple[str | bytes, int]:
+        """The next frame off the wire and the instant its bytes arrived, before any parsing."""
         data = await self.ws.recv()
         arrived = self.ws.arrivals.popleft() if self.ws.arrivals else time.perf_counter_ns()
         self.last_inbound_ns = arrived
         return data, arrived
 
+    async def recv(self) -> tuple[str | bytes, int]:
+        """The next application message and the instant its frame arrived.
+
+        Through a framing, protocol traffic (pings, acks the server asks for) is answered here
+        and an application message keeps its frame's arrival time.
+        """
+        if self.framing is None:
+            return await self.recv_frame()
+        while not self._inbox:
+            data, arrived = await self.recv_frame()
+            try:
+                replies, messages = self.framing.unwrap(data)
+            except FramingClosed as exc:
+                raise ServerGone(exc.reason) from None
+            for reply in replies:
+                await self.ws.send(reply)
+            self._inbox.extend((message, arrived) for message in messages)
+        return self._inbox.popleft()
+
     async def send(self, data: str | bytes) -> None:
+        if self.framing is not None and isinstance(data, str):
+            data = self.framing.wrap(data)
         await self.ws.send(data)
 
 
@@ -116,6 +166,35 @@ class Backoff:
         return base
 
 
+# Ends after which the next session starts at once: the probe or the provider chose them.
+_AT_ONCE = frozenset({"churn", "go_away"})
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for member in exc.exceptions:
+            yield from _leaves(member)
+    else:
+        yield exc
+
+
+def _why(exc: BaseException | None) -> BaseException | None:
+    """The exception that says how a session ended, also out of an ExceptionGroup.
+
+    A handler that sends and reads at once (a TaskGroup) fails with a group. The handler's own
+    verdict (a go-away, an application timeout) comes first, then what the transport says (a
+    server close, a stall); anything else is a handler failure.
+    """
+    if exc is None:
+        return None
+    leaves = list(_leaves(exc))
+    for kind in (SessionEnded, ConnectionClosed, _Stalled):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                return leaf
+    return leaves[0]
+
+
 def classify_closed(exc: ConnectionClosed) -> tuple[str, int]:
     """How a session that the probe did not close on purpose ended: (reason, close code)."""
     rcvd, sent = exc.rcvd, exc.sent
@@ -127,23 +206,34 @@ def classify_closed(exc: ConnectionClosed) -> tuple[str, int]:
 
 
 class Supervisor:
-    """Keeps one session to an endpoint alive for a handler, for as long as it runs."""
+    """Keeps one session to an endpoint alive for a handler, for as long as it runs.
+
+    With `cycle`, the handler works in cycles (one utterance per session, say): when its `serve`
+    returns, the session is closed as "cycle" and the next one starts at the next multiple of
+    `cycle` seconds from the first start, never as a tight reconnect loop.
+    """
 
     def __init__(
         self,
         endpoint: Endpoint,
         *,
-        metrics: ProbeMetrics,
+        metrics: SessionMetrics,
         handler: SessionHandler,
         log: structlog.typing.FilteringBoundLogger,
+        cycle: float | None = None,
+        variables: Mapping[str, str] | None = None,
     ) -> None:
         self._dialer = Dialer(endpoint)
         self._cfg = endpoint.connection
         self._backoff = Backoff(self._cfg.reconnect)
         self._metrics = metrics
         self._handler = handler
-        self._log = log
+        self._log = log if metrics.role is None else log.bind(role=metrics.role)
+        self._cycle = cycle
+        self._script = SetupScript(endpoint.setup, variables or {}, self._log)
+        self._framing = endpoint.framing
         self._epoch = 0
+        self._secrets = tuple(v for v in endpoint.request_headers().values() if len(v) >= 4)
         # Carried from one session into the next setup, for providers that can resume.
         self.resume_handle: str | None = None
         self.session: Session | None = None
@@ -156,6 +246,8 @@ class Supervisor:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        first = loop.time()
         attempt = 0
         loss_ns: int | None = None
         while True:
@@ -164,7 +256,7 @@ class Supervisor:
             except ConnectError as exc:
                 attempt += 1
                 delay = self._backoff.delay(attempt, exc.retry_after)
-                self._metrics.connect_failed(exc.reason)
+                self._metrics.connect_failed(exc.reason, f"{exc.phase}: {exc.detail}")
                 self._log.warning(
                     "connect failed",
                     reason=exc.reason,
@@ -190,20 +282,28 @@ class Supervisor:
                 **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()},
                 reconnect_s=None if reconnect_s is None else round(reconnect_s, 3),
             )
-            reason, code = await self.hold(session)
-            loss_ns = time.perf_counter_ns()
-            lived = (loss_ns - session.started_ns) / 1e9
-            if lived >= self._cfg.reconnect.reset_after or reason == "churn":
+            reason, code, ended_ns = await self.hold(session)
+            self.resume_handle = session.resume_handle
+            lived = (ended_ns - session.started_ns) / 1e9
+            if lived >= self._cfg.reconnect.reset_after or reason in _AT_ONCE:
                 attempt = 0
             else:
                 attempt += 1
-            delay = 0.0 if reason == "churn" else self._backoff.delay(attempt)
+            if reason == "cycle":
+                assert self._cycle is not None
+                # The next slot of the cycle schedule; not timed as a reconnect.
+                now = loop.time()
+                delay = self._cycle - (now - first) % self._cycle
+                loss_ns = None
+            else:
+                delay = 0.0 if reason in _AT_ONCE else self._backoff.delay(attempt)
+                loss_ns = ended_ns
             self._log.info(
                 "session down",
                 epoch=session.epoch,
                 reason=reason,
                 close_code=code,
-                close_reason=session.ws.close_reason or None,
+                close_reason=session.redact(session.ws.close_reason or "") or None,
                 lived_s=round(lived, 3),
                 reconnect_in_s=round(delay, 3),
             )
@@ -217,10 +317,21 @@ class Supervisor:
         conn = await self._dialer.dial()
         self._epoch += 1
         session = Session(
-            ws=conn, epoch=self._epoch, started_ns=0, resume_handle=self.resume_handle
+            ws=conn,
+            epoch=self._epoch,
+            started_ns=0,
+            resume_handle=self.resume_handle,
+            secrets=self._secrets,
         )
         limit = self._cfg.connect_timeout
         started = time.perf_counter()
+        try:
+            if self._framing is not None:
+                await self._frame_setup(session, self._framing, limit)
+            await self._script.run(session)
+        except ConnectError:
+            conn.transport.abort()
+            raise
         try:
             async with asyncio.timeout(limit):
                 await self._handler.setup(session)
@@ -234,10 +345,38 @@ class Supervisor:
         session.started_ns = session.last_inbound_ns = time.perf_counter_ns()
         return session
 
+    async def _frame_setup(self, session: Session, cfg: FramingConfig, limit: float) -> None:
+        """The framing's own setup (Engine.IO open and namespace connect; connection_init)."""
+        framing = session.framing = SessionFraming(cfg)
+
+        async def recv() -> str | bytes:
+            return (await session.recv_frame())[0]
+
+        for step in framing.steps():
+            try:
+                async with asyncio.timeout(limit):
+                    await framing.setup(step, session.ws.send, recv)
+            except TimeoutError:
+                raise ConnectError(
+                    "timeout", "setup", f"{step.name}: no answer in {limit}s"
+                ) from None
+            except SetupFailed as exc:
+                detail = session.redact(exc.detail)
+                raise ConnectError(
+                    "setup", "setup", f"{step.name}: {exc.reason} {detail}"
+                ) from None
+            except ConnectionClosed as exc:
+                code = exc.rcvd.code if exc.rcvd is not None else 1006
+                raise ConnectError("setup", "setup", f"{step.name}: closed with {code}") from None
+        session._inbox.extend((text, session.last_inbound_ns) for text in framing.early)
+
     # -- holding -------------------------------------------------------------------------------
 
-    async def hold(self, session: Session) -> tuple[str, int | None]:
-        """Run the handler on a session until it ends; returns (reason, close code received)."""
+    async def hold(self, session: Session) -> tuple[str, int | None, int]:
+        """Run the handler on a session until it ends.
+
+        Returns (reason, close code received, when the end was detected in perf_counter ns).
+        """
         self.session = session
         tasks: dict[asyncio.Task[None], str] = {
             asyncio.create_task(self._handler.serve(session)): "serve",
@@ -250,8 +389,10 @@ class Supervisor:
         if self._cfg.churn is not None:
             tasks[asyncio.create_task(asyncio.sleep(self._cfg.churn))] = "churn"
         reason, code = "shutdown", None
+        ended_ns = time.perf_counter_ns()
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            ended_ns = time.perf_counter_ns()
             reason, code = await self._conclude(session, done, tasks)
         except asyncio.CancelledError:
             # The daemon promises to exit within 5 s of SIGTERM, whatever close_timeout says.
@@ -266,10 +407,10 @@ class Supervisor:
             session.ws.transport.abort()
             self.session = None
             self._handler.ended(session, reason)
-            self._metrics.disconnected(reason, code)
-        return reason, code
+            self._metrics.disconnected(reason, code, session.redact(session.ws.close_reason or ""))
+        return reason, code, ended_ns
 
-    async def _conclude(
+    async def _conclude(  # noqa: PLR0911  # one return per way a session can end
         self,
         session: Session,
         done: set[asyncio.Task[None]],
@@ -283,19 +424,30 @@ class Supervisor:
                 await self._handler.drain(session)
                 await self._close(session, CloseCode.NORMAL_CLOSURE, "probe churn")
                 return "churn", None
-            exc = task.exception()
+            exc = _why(task.exception())
             if isinstance(exc, ConnectionClosed):
                 return classify_closed(exc)
             if isinstance(exc, _Stalled):
                 return "stalled", None
+            if isinstance(exc, GoAway):
+                # The provider is about to end the session: let work in flight finish, then
+                # reconnect at once (no backoff) with the latest resumption handle.
+                session.draining = True
+                await self._handler.drain(session)
+                await self._close(session, exc.close_code, exc.reason)
+                return exc.reason, None
             if isinstance(exc, SessionEnded):
                 await self._close(session, exc.close_code, exc.reason)
                 return exc.reason, None
             if exc is not None:
-                raise exc
+                # A handler bug or a peer that made it trip: this session ends, the probe goes
+                # on under the normal backoff. Logged once, with the traceback, to be fixed.
+                self._log.error("handler failed; session ends", exc_info=exc)
+                await self._close(session, CloseCode.INTERNAL_ERROR, "probe error")
+                return "error", None
         # The handler returned: it chose to end the session.
         await self._close(session, CloseCode.NORMAL_CLOSURE, "probe done")
-        return "churn", None
+        return ("cycle" if self._cycle is not None else "churn"), None
 
     async def _close(
         self, session: Session, code: int, reason: str, within: float | None = None

@@ -15,11 +15,12 @@ import socket
 import time
 from pathlib import Path
 
-from probed import logs, probes
+from probed import kinds, logs, watchdog
 from probed.config import Config, ConfigError, ProbeConfig, load_config
 from probed.http import start_http
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.selfmon import LagMonitor
+from probed.sharding import Shard
 
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
@@ -45,8 +46,10 @@ class Daemon:
         *,
         config_path: Path | None = None,
         listen: str | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config = config
+        self.shard = shard
         self._path = config_path
         self._listen_override = listen
         self.listen = listen or config.global_.listen
@@ -83,6 +86,7 @@ class Daemon:
                 self._apply(self.config)
                 self.ready.set()
                 sd_notify("READY=1")
+                feeder = tg.create_task(watchdog.feed(sd_notify, self.status_line))
                 self._log.info(
                     "probed started",
                     listen=f"http://{self.bound[0]}:{self.bound[1]}",
@@ -93,6 +97,7 @@ class Daemon:
                 self.ready.clear()
                 self._log.info("stopping: closing sessions")
                 lag.cancel()
+                feeder.cancel()
                 for name in list(self._running):
                     self._stop_probe(name)
         finally:
@@ -104,6 +109,13 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: what runs here and how much of it is up."""
+        running = self.exposition.probes()
+        up = sum(1 for p in running if p.status.up)
+        shard = "" if self.shard is None else f", shard {self.shard}"
+        return f"{len(running)} probes, {up} up{shard}"
 
     # -- reload --------------------------------------------------------------------------------
 
@@ -145,7 +157,8 @@ class Daemon:
                 running=self.listen,
                 configured=g.listen,
             )
-        wanted = {p.name: p for p in config.probes}
+        mine = config.probes if self.shard is None else self.shard.select(config.probes)
+        wanted = {p.name: p for p in mine}
         counts = {"kept": 0, "started": 0, "restarted": 0, "stopped": 0}
         for name in list(self._running):
             if name not in wanted:
@@ -169,13 +182,7 @@ class Daemon:
 
     def _start_probe(self, cfg: ProbeConfig) -> None:
         assert self._tg is not None
-        metrics = ProbeMetrics(
-            cfg.name,
-            kind=cfg.kind,
-            target=cfg.target,
-            slo_thresholds=probes.slo_thresholds(cfg),
-            tainted=self.lag.tainted,
-        )
+        metrics = kinds.new_metrics(cfg, self.lag.tainted)
         self.exposition.add(metrics)
         self.metrics.probe_restarts.labels(cfg.name)
         task = self._tg.create_task(self._supervise(cfg, metrics), name=f"probe:{cfg.name}")
@@ -191,16 +198,17 @@ class Daemon:
         loop = asyncio.get_running_loop()
         log = logs.get(probe=cfg.name, kind=cfg.kind)
         # Stagger starts so a thousand probes do not dial in the same millisecond.
-        await asyncio.sleep(random.uniform(0, min(cfg.interval, 1.0)))
+        await asyncio.sleep(random.uniform(0, cfg.stagger))
         delay = _RESTART_INITIAL
         while True:
             started = loop.time()
             try:
-                await probes.build(cfg, metrics, log).run()
+                await kinds.build(cfg, metrics, log).run()
             except Exception:
                 if loop.time() - started > _RESTART_RESET_AFTER:
                     delay = _RESTART_INITIAL
                 self.metrics.probe_restarts.labels(cfg.name).inc()
+                metrics.status.error("probe crashed", "crash")
                 log.exception("probe crashed; restarting", restart_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RESTART_MAX)

@@ -7,20 +7,19 @@ The embedded config is ordinary probed YAML, printed at start so a new user can 
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 from typing import TextIO
 
 from probed import __version__
 from probed.config import parse_config
 from probed.daemon import Daemon
-from probed.metrics import ProbeMetrics
+from probed.status import RECENT, ProbeStatus
 from probed.targets.echo import EchoTarget
 from probed.targets.proxy import FaultProxy
+from probed.targets.pubsub import PubSubTarget
 
 DEMO_LISTEN = "127.0.0.1:9464"
 _SUMMARY_EVERY = 5.0
-_WINDOW = 100  # summary percentiles cover the latest replies, not the whole run
 
 DEMO_CONFIG = """\
 global:
@@ -48,6 +47,38 @@ probes:
     connection:
       churn: 1m
       keepalive: {{interval: 3s, timeout: 2s}}
+  # A chat room: one publisher, three subscribers, publisher-to-subscriber time on one clock.
+  # The server wants a join first, acks each publish and has other users chatting.
+  - name: room-fanout
+    kind: fanout
+    interval: 250ms
+    timeout: 2s
+    publisher:
+      url: {room}
+      setup:
+        - name: join
+          send: '{{"type":"join","room":"lobby"}}'
+          expect:
+            where: {{type: joined}}
+    subscribers:
+      url: {room}
+      count: 3
+      setup:
+        - name: join
+          send: '{{"type":"join","room":"lobby"}}'
+          expect:
+            where: {{type: joined}}
+    message:
+      template: '{{"type":"publish","room":"lobby","id":"{{id}}"}}'
+      match:
+        json: id
+        where: {{type: message}}
+  # The HTTP API beside the realtime service (here: the echo target's status endpoint).
+  - name: api-status
+    kind: http
+    url: {api}
+    interval: 1s
+    slo: {{latency: 200ms}}
 """
 
 _FAULT_EVERY = 30.0
@@ -57,41 +88,30 @@ def _fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.1f}ms"
 
 
-def _sample(probe: ProbeMetrics, name: str) -> int:
-    value = probe.registry.get_sample_value(name)
-    return int(value or 0)
+def _fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m"
 
 
-def _disconnects(probe: ProbeMetrics) -> str:
-    counts = [
-        f"{s.labels['reason']}:{int(s.value)}"
-        for family in probe.registry.collect()
-        if family.name == "probe_disconnects"
-        for s in family.samples
-        if s.name.endswith("_total") and s.value > 0
-    ]
-    return " ".join(counts) or "-"
-
-
-def summary(probes: list[ProbeMetrics], slo: dict[str, float], out: TextIO) -> None:
+def summary(probes: list[ProbeStatus], out: TextIO) -> None:
     header = (
-        f"{'probe':<12} {'state':<5} {'p50':>8} {'p99':>8} {'SLO':>6} {'in SLO':>7} "
-        f"{'sent':>6} {'lost':>5}  disconnects"
+        f"{'probe':<12} {'state':<5} {'age':>4} {'p50':>8} {'p99':>8} {'SLO':>6} {'in SLO':>7} "
+        f"{'sent':>6} {'lost':>5} {'reconn':>7}  disconnects"
     )
     lines = [header]
     for p in probes:
-        recent = list(p.recent_rtt)[-_WINDOW:]
-        p50 = p99 = None
-        within = "-"
-        if len(recent) >= 2:
-            cuts = statistics.quantiles(recent, n=100, method="inclusive")
-            p50, p99 = cuts[49], cuts[98]
-            within = f"{100 * sum(r <= slo[p.name] for r in recent) / len(recent):.0f}%"
+        cuts = p.percentiles()
+        within = p.within_slo()
+        disconnects = " ".join(f"{r}:{n}" for r, n in sorted(p.disconnects.items())) or "-"
         lines.append(
-            f"{p.name:<12} {'up' if p.connected else 'DOWN':<5} {_fmt_ms(p50):>8} "
-            f"{_fmt_ms(p99):>8} {_fmt_ms(slo[p.name]):>6} {within:>7} "
-            f"{_sample(p, 'probe_messages_sent_total'):>6} "
-            f"{_sample(p, 'probe_messages_lost_total'):>5}  {_disconnects(p)}"
+            f"{p.name:<12} {'up' if p.up else 'DOWN':<5} {_fmt_age(p.session_age):>4} "
+            f"{_fmt_ms(cuts[0] if cuts else None):>8} {_fmt_ms(cuts[1] if cuts else None):>8} "
+            f"{_fmt_ms(p.slo[0] if p.slo else None):>6} "
+            f"{'-' if within is None else f'{within:.0%}':>7} "
+            f"{p.sent:>6} {p.lost:>5} {_fmt_ms(p.last_reconnect_s):>7}  {disconnects}"
         )
     print("\n".join(lines) + "\n", file=out, flush=True)
 
@@ -102,10 +122,15 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         EchoTarget() as fast,
         EchoTarget(delay=0.04, jitter=0.02) as slow,
         EchoTarget() as behind_proxy,
+        PubSubTarget(delay=0.01, jitter=0.005, chatter_interval=1.0) as room,
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
     ):
         text = DEMO_CONFIG.format(
-            fast=fast.url, slow=slow.url, proxied=f"ws://127.0.0.1:{proxy.port}/ws"
+            fast=fast.url,
+            slow=slow.url,
+            proxied=f"ws://127.0.0.1:{proxy.port}/ws",
+            api=f"{fast.control_url}status",
+            room=room.url,
         )
         config = parse_config(text, source="<demo>")
         daemon = Daemon(config, listen=listen or DEMO_LISTEN)
@@ -127,11 +152,12 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             f"probed {__version__} demo: probing reference targets on loopback.\n"
             f"  metrics:  http://{host}:{port}/metrics\n"
             f"  config:   (embedded, below)\n\n{text}\n"
-            "Summary every 5 s (percentiles over the latest 100 replies); Ctrl-C to stop.\n",
+            f"Summary every 5 s: p50, p99 and in SLO over the latest {RECENT} replies; age of the\n"
+            "session; sent, lost and disconnects since start; reconn: the latest reconnect time.\n"
+            "Ctrl-C to stop.\n",
             file=out,
             flush=True,
         )
-        slo = {p.name: p.slo.latency for p in config.probes}
         faults = asyncio.create_task(_game_day(proxy, out))
         loop = asyncio.get_running_loop()
         end = None if duration is None else loop.time() + duration
@@ -141,7 +167,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
                 break
             done, _ = await asyncio.wait({runner}, timeout=wait)
             if not done:
-                summary(daemon.exposition.probes(), slo, out)
+                summary([p.status for p in daemon.exposition.probes()], out)
         faults.cancel()
         daemon.stop()
         await runner

@@ -8,6 +8,7 @@ message with the moment its bytes arrived.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import socket
 import ssl
@@ -26,8 +27,13 @@ from websockets.typing import Subprotocol
 
 from probed import __version__
 from probed.config import ConnectionConfig, TlsConfig
+from probed.config.schema.endpoint import proxy_credentials
+from probed.config.schema.framing import FramingConfig
+from probed.config.schema.scripting import SetupStepConfig
+from probed.framing.graphql_ws import GRAPHQL_TRANSPORT_WS
 
 _HTTP = b"HTTP/"
+_PROXY_HEAD_LIMIT = 16 * 1024
 
 
 class ConnectError(Exception):
@@ -166,7 +172,12 @@ class Endpoint(Protocol):
     def tls(self) -> TlsConfig: ...
     @property
     def connection(self) -> ConnectionConfig: ...
+    @property
+    def setup(self) -> Sequence[SetupStepConfig]: ...
+    @property
+    def framing(self) -> FramingConfig | None: ...
     def request_headers(self) -> dict[str, str]: ...
+    def proxy(self) -> str | None: ...
 
 
 class Dialer:
@@ -181,11 +192,17 @@ class Dialer:
         self._port = parts.port or (443 if self._secure else 80)
         self._headers = endpoint.request_headers()
         self._subprotocols = [Subprotocol(p) for p in endpoint.subprotocols]
+        framing = endpoint.framing
+        # The server picks its protocol by subprotocol; offering it is part of the preset.
+        graphql = framing is not None and framing.protocol == "graphql_ws"
+        if graphql and GRAPHQL_TRANSPORT_WS not in self._subprotocols:
+            self._subprotocols.append(Subprotocol(GRAPHQL_TRANSPORT_WS))
         tls = endpoint.tls
         self._server_name = tls.server_name or self._host
         self._ssl = build_ssl_context(tls) if self._secure else None
         self._limit = endpoint.connection.connect_timeout
         self._close_timeout = endpoint.connection.close_timeout
+        self._proxy = endpoint.proxy()
         self.phases: dict[str, float] = {}
 
     async def dial(self) -> TimedConnection:
@@ -194,10 +211,14 @@ class Dialer:
         loop = asyncio.get_running_loop()
         limit = self._limit
 
+        # Through a proxy, dns and tcp are to the proxy; the proxy phase is its CONNECT answer.
+        proxy = urlsplit(self._proxy) if self._proxy else None
+        host = proxy.hostname or "" if proxy else self._host
+        port = (proxy.port or 80) if proxy else self._port
         phase, t = "dns", time.perf_counter()
         try:
             async with asyncio.timeout(limit):
-                infos = await loop.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except TimeoutError:
             raise ConnectError("timeout", phase, f"no answer within {limit}s") from None
         except socket.gaierror as exc:
@@ -209,7 +230,49 @@ class Dialer:
 
         sock = await self._tcp(infos, limit)
         t = self.mark("tcp", t)
+        if self._proxy is not None:
+            try:
+                await self._connect_via_proxy(sock, self._proxy, limit)
+            except BaseException:
+                sock.close()
+                raise
+            t = self.mark("proxy", t)
         return await self._upgrade(sock, limit, t)
+
+    async def _connect_via_proxy(self, sock: socket.socket, proxy: str, limit: float) -> None:
+        """HTTP CONNECT to the endpoint through a proxy (RFC 9110 section 9.3.6)."""
+        loop = asyncio.get_running_loop()
+        authority = (
+            f"[{self._host}]:{self._port}" if ":" in self._host else (f"{self._host}:{self._port}")
+        )
+        request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+        credentials = proxy_credentials(proxy)
+        if credentials is not None:
+            token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+            request += f"Proxy-Authorization: Basic {token}\r\n"
+        request += "\r\n"
+        head = b""
+        try:
+            async with asyncio.timeout(limit):
+                await loop.sock_sendall(sock, request.encode())
+                # Byte by byte up to the blank line: whatever follows belongs to the tunnel.
+                while not head.endswith(b"\r\n\r\n"):
+                    if len(head) > _PROXY_HEAD_LIMIT:
+                        raise ConnectError("proxy", "proxy", "CONNECT answer too long")
+                    byte = await loop.sock_recv(sock, 1)
+                    if not byte:
+                        raise ConnectError("proxy", "proxy", "proxy closed the connection")
+                    head += byte
+        except TimeoutError:
+            raise ConnectError("timeout", "proxy", f"no CONNECT answer within {limit}s") from None
+        except OSError as exc:
+            raise ConnectError("proxy", "proxy", exc.strerror or type(exc).__name__) from None
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise ConnectError("proxy", "proxy", "the proxy's answer is not HTTP")
+        if parts[1] != "200":
+            raise ConnectError("proxy", "proxy", f"proxy refused CONNECT: {status_line[:80]}")
 
     def mark(self, phase: str, since: float) -> float:
         """Record a phase that ran from `since` until now; returns now."""

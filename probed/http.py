@@ -46,7 +46,8 @@ async def _reload(request: web.Request) -> web.Response:
 async def _index(request: web.Request) -> web.Response:
     daemon = request.app[_DAEMON]
     rows = "".join(
-        f"<li>{html.escape(p.name)}: {'up' if p.connected else 'down'}</li>"
+        f"<li>{html.escape(p.status.name)} ({html.escape(p.status.kind)}): "
+        f"{'up' if p.status.up else 'down'}</li>"
         for p in daemon.exposition.probes()
     )
     body = (

@@ -1,7 +1,10 @@
 """Every metric family probed exports, and the recorders that write them.
 
-This is the one place that imports prometheus_client. Probes and the session supervisor talk to a
-`ProbeMetrics` recorder with measurement-shaped methods; they never see a metric object.
+This is the one place that imports prometheus_client. The session supervisor records through a
+`SessionMetrics` (one per session a probe holds); each probe kind declares its own families in its
+own module through the factory methods of `ProbeMetrics` (`latency`, `counter`, ...), which give
+every latency histogram the probe's SLO thresholds as buckets and keep tainted measurements out.
+Recorders also keep the probe's `ProbeStatus` (probed/status.py) current for people to read.
 
 Each probe gets its own registry so that removing or reconfiguring a probe drops exactly its series
 and so that each probe's latency histograms can carry its own SLO threshold as a bucket boundary.
@@ -13,21 +16,22 @@ from __future__ import annotations
 
 import platform
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final, TypeVar, cast
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from probed import __version__
+from probed.status import Event, ProbeStatus
 
 # `_created` series double the series count and no alert or dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -66,8 +70,12 @@ DISCONNECT_REASONS: Final = (
     "protocol_error",
     "go_away",
     "churn",
+    "cycle",
+    "error",
     "shutdown",
 )
+# Sessions the probe (or the provider, announcing it) ended on purpose: not a failure.
+INTENDED_ENDS: Final = frozenset({"churn", "cycle", "go_away", "shutdown"})
 CONNECT_ERROR_REASONS: Final = (
     "dns",
     "refused",
@@ -77,14 +85,8 @@ CONNECT_ERROR_REASONS: Final = (
     "timeout",
     "protocol_error",
     "setup",
+    "proxy",
 )
-# Every label name a metric of ours carries (plus Prometheus's own le and quantile): a global
-# static label with one of these names would clash, so the config refuses them.
-RESERVED_LABEL_NAMES: Final = frozenset(
-    {"probe", "kind", "target", "adapter", "reason", "code", "phase", "result"}
-    | {"version", "python_version", "event_loop", "le", "quantile"}
-)
-UNMATCHED_REASONS: Final = ("not_json", "missing_field", "late", "unknown")
 
 
 def latency_buckets(*extra: float) -> tuple[float, ...]:
@@ -92,14 +94,40 @@ def latency_buckets(*extra: float) -> tuple[float, ...]:
     return tuple(sorted(set(LATENCY_BUCKETS).union(extra)))
 
 
+_F = TypeVar("_F")
+
 TaintCheck = Callable[[int, int], bool]
 """(start_ns, end_ns) -> True when the event loop lagged during that interval."""
 
 
-class ProbeMetrics:
-    """The metrics of one probe: a registry of its own plus a short memory of recent results."""
+class Latency:
+    """A latency histogram that keeps measurements taken while the loop lagged out of it."""
 
-    RECENT: Final = 4096
+    def __init__(self, histogram: Histogram, probe: ProbeMetrics, *, primary: bool) -> None:
+        self._histogram = histogram
+        self._probe = probe
+        self._primary = primary
+
+    def observe(self, start_ns: int, end_ns: int) -> bool:
+        """Record end - start; False (and counted as tainted) if the loop lagged meanwhile."""
+        seconds = (end_ns - start_ns) / 1e9
+        if self._primary:
+            self._probe.status.recent.append(seconds)
+        if self._probe.tainted(start_ns, end_ns):
+            self._probe.tainted_total.inc()
+            return False
+        self._histogram.observe(seconds)
+        return True
+
+
+class ProbeMetrics:
+    """The metrics of one probe: a registry of its own, session recorders and a family factory.
+
+    Session families (connects, disconnects, phases, open sessions) are shared by every session
+    the probe holds; a kind with several kinds of session (a publisher and subscribers) names
+    them with `roles`, which adds a bounded `role` label. Kind-specific families are declared by
+    the kind's own module through `latency`, `counter`, `histogram` and `gauge`.
+    """
 
     def __init__(
         self,
@@ -109,13 +137,19 @@ class ProbeMetrics:
         target: str,
         adapter: str = "",
         slo_thresholds: Iterable[float] = (),
+        roles: Sequence[str] = (),
         tainted: TaintCheck = lambda _start, _end: False,
     ) -> None:
         self.name = name
         self.registry = CollectorRegistry(auto_describe=True)
-        self._tainted = tainted
+        self.tainted = tainted
+        slo = tuple(slo_thresholds)
+        self.status = ProbeStatus(name, kind, target, slo=slo)
+        self.buckets = latency_buckets(*slo)
+        self.roles = tuple(roles)
+        self._families: dict[str, object] = {}
+        role = ["role"] if self.roles else []
         reg = self.registry
-        buckets = latency_buckets(*slo_thresholds)
 
         Gauge(
             "probe_info",
@@ -125,76 +159,173 @@ class ProbeMetrics:
         ).labels(kind, target, adapter).set(1)
         self._success = Gauge(
             "probe_success",
-            "1 if the latest cycle met its expectations (session up, latest message answered in"
-            " time).",
-            registry=reg,
-        )
-        self._open = Gauge("probe_connections_open", "Sessions currently usable.", registry=reg)
-        self._connect_duration = Histogram(
-            "probe_connect_duration_seconds",
-            "Dial to usable: DNS, TCP, TLS, upgrade and application setup.",
-            buckets=buckets,
+            "1 if the latest cycle met its expectations (sessions up, latest measurement in time).",
             registry=reg,
         )
         # Only phases a probe goes through get a series (no tls phase on ws://).
-        self._phase = Gauge(
+        self.phase = Gauge(
             "probe_connect_phase_seconds",
             "Duration of each phase of the latest connect.",
-            ["phase"],
+            ["phase", *role],
             registry=reg,
         )
-        self._connect_errors = Counter(
+        self.connect_errors = Counter(
             "probe_connect_errors_total",
             "Failed connection attempts by reason.",
-            ["reason"],
+            ["reason", *role],
             registry=reg,
         )
-        self._disconnects = Counter(
-            "probe_disconnects_total",
-            "Sessions that ended, by how they ended.",
-            ["reason"],
-            registry=reg,
-        )
-        self._close_codes = Counter(
-            "probe_close_codes_total",
-            "WebSocket close codes as received from the server.",
-            ["code"],
-            registry=reg,
-        )
-        self._reconnect = Histogram(
-            "probe_reconnect_duration_seconds",
-            "Session loss detected to usable again, backoff and application setup included.",
-            buckets=buckets,
-            registry=reg,
-        )
-        self._start_ts = Gauge(
-            "probe_connection_start_timestamp_seconds",
-            "Wall-clock start of the current session.",
-            registry=reg,
-        )
-        self._cert_expiry: Gauge | None = None  # wss:// only: a 0 would read as "expired"
-        self._tainted_total = Counter(
+        self.cert_expiry: Gauge | None = None  # wss:// only: a 0 would read as "expired"
+        self.tainted_total = Counter(
             "probe_measurements_tainted_total",
             "Measurements withheld from latency histograms because the event loop lagged.",
             registry=reg,
         )
-        for reason in DISCONNECT_REASONS:
-            self._disconnects.labels(reason)
-        for reason in CONNECT_ERROR_REASONS:
-            self._connect_errors.labels(reason)
+        for r in self.roles or [None]:
+            for reason in CONNECT_ERROR_REASONS:
+                self.connect_errors.labels(reason, *([] if r is None else [r]))
+        # Created with the first supervised session: a kind that holds none (an HTTP API probe)
+        # exports no session families it could never fill.
+        self._sessions: _SessionFamilies | None = None
 
-        # Message families exist only for kinds that send messages; created on first use so a
-        # probe never exports families it cannot fill.
-        self._buckets = buckets
-        self._messages: _MessageFamilies | None = None
+    @property
+    def sessions(self) -> _SessionFamilies:
+        if self._sessions is None:
+            self._sessions = _SessionFamilies(self.registry, self.buckets, self.roles)
+        return self._sessions
 
-        # Recent results and session counts for the demo summary and the soak; never exported.
-        self.recent_rtt: deque[float] = deque(maxlen=self.RECENT)
+    def connect_failed(self, reason: str, detail: str = "", role: str | None = None) -> None:
+        self.connect_errors.labels(reason, *([] if role is None else [role])).inc()
+        self.set_success(False)
+        self.status.error("connect failed", reason, detail)
+
+    def session(self, role: str | None = None) -> SessionMetrics:
+        """The recorder for one supervised session of this probe."""
+        if (role is None) != (not self.roles) or (role is not None and role not in self.roles):
+            raise ValueError(f"role {role!r} is not one of {self.roles}")
+        return SessionMetrics(self, self.sessions, role)
+
+    def set_success(self, ok: bool) -> None:
+        self._success.set(1 if ok else 0)
+        self.status.success = ok
+
+    # -- the family factory for kinds ------------------------------------------------------
+
+    # A probe restarted after a crash is built again on the same recorder: asking for a family
+    # that exists returns it, counts and all, instead of registering it twice.
+
+    def latency(self, name: str, documentation: str, *, primary: bool = False) -> Latency:
+        """A latency histogram with the shared buckets plus this probe's SLO thresholds.
+
+        `primary` marks the latency a person reads first (the demo table, the status page).
+        """
+        histogram = self._family(
+            name,
+            lambda: Histogram(name, documentation, buckets=self.buckets, registry=self.registry),
+        )
+        return Latency(histogram, self, primary=primary)
+
+    def histogram(self, name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
+        return self._family(
+            name, lambda: Histogram(name, documentation, buckets=buckets, registry=self.registry)
+        )
+
+    def counter(
+        self,
+        name: str,
+        documentation: str,
+        label: str | None = None,
+        values: Iterable[str] = (),
+    ) -> Counter:
+        """A counter, with one bounded label whose values are created at zero up front."""
+
+        def make() -> Counter:
+            made = Counter(name, documentation, [label] if label else [], registry=self.registry)
+            for value in values:
+                made.labels(value)
+            return made
+
+        return self._family(name, make)
+
+    def gauge(self, name: str, documentation: str) -> Gauge:
+        return self._family(name, lambda: Gauge(name, documentation, registry=self.registry))
+
+    def _family(self, name: str, make: Callable[[], _F]) -> _F:
+        found = self._families.get(name)
+        if found is None:
+            found = self._families[name] = make()
+        return cast(_F, found)
+
+
+class _SessionFamilies:
+    """The families of supervised sessions, shared by every session of one probe."""
+
+    def __init__(
+        self, reg: CollectorRegistry, buckets: tuple[float, ...], roles: tuple[str, ...]
+    ) -> None:
+        role = ["role"] if roles else []
+        self.open = Gauge(
+            "probe_connections_open", "Sessions currently usable.", role, registry=reg
+        )
+        self.connect_duration = Histogram(
+            "probe_connect_duration_seconds",
+            "Dial to usable: DNS, TCP, TLS, upgrade and application setup.",
+            role,
+            buckets=buckets,
+            registry=reg,
+        )
+        self.disconnects = Counter(
+            "probe_disconnects_total",
+            "Sessions that ended, by how they ended.",
+            ["reason", *role],
+            registry=reg,
+        )
+        self.close_codes = Counter(
+            "probe_close_codes_total",
+            "WebSocket close codes as received from the server.",
+            ["code", *role],
+            registry=reg,
+        )
+        self.reconnect = Histogram(
+            "probe_reconnect_duration_seconds",
+            "Session loss detected to usable again, backoff and application setup included.",
+            role,
+            buckets=buckets,
+            registry=reg,
+        )
+        self.start_ts = Gauge(
+            "probe_connection_start_timestamp_seconds",
+            "Wall-clock start of the current session.",
+            role,
+            registry=reg,
+        )
+        for r in roles or [None]:
+            extra = [] if r is None else [r]
+            if r is not None:
+                self.open.labels(r)
+            for reason in DISCONNECT_REASONS:
+                self.disconnects.labels(reason, *extra)
+
+
+_M = TypeVar("_M", Gauge, Histogram)
+
+
+def _child(family: _M, role: list[str]) -> _M:
+    # Families without a role label have no children: the family itself is the series.
+    return family.labels(*role) if role else family
+
+
+class SessionMetrics:
+    """Records one supervised session's life into its probe's shared session families."""
+
+    def __init__(self, probe: ProbeMetrics, families: _SessionFamilies, role: str | None) -> None:
+        self._p = probe
+        self._f = families
+        self._role = [] if role is None else [role]
+        self.role = role
         self.connected = False
         self.connects = 0
         self.disconnects = 0
-
-    # -- session lifecycle -------------------------------------------------------------------
 
     def connected_ok(
         self,
@@ -204,91 +335,50 @@ class ProbeMetrics:
         reconnect: float | None,
         cert_expiry: float | None,
     ) -> None:
+        p, f, role = self._p, self._f, self._role
         for name, seconds in phases.items():
-            self._phase.labels(name).set(seconds)
-        self._connect_duration.observe(total)
+            p.phase.labels(name, *role).set(seconds)
+        _child(f.connect_duration, role).observe(total)
         if reconnect is not None:
-            self._reconnect.observe(reconnect)
+            _child(f.reconnect, role).observe(reconnect)
+            p.status.last_reconnect_s = reconnect
         if cert_expiry is not None:
-            if self._cert_expiry is None:
-                self._cert_expiry = Gauge(
+            if p.cert_expiry is None:
+                p.cert_expiry = Gauge(
                     "probe_tls_cert_expiry_timestamp_seconds",
                     "Earliest certificate expiry seen in the server's chain.",
-                    registry=self.registry,
+                    registry=p.registry,
                 )
-            self._cert_expiry.set(cert_expiry)
-        self._open.set(1)
-        self._start_ts.set(time.time())
+            p.cert_expiry.set(cert_expiry)
+        _child(f.open, role).inc()
+        now = time.time()
+        _child(f.start_ts, role).set(now)
+        p.status.sessions_open += 1
+        p.status.session_started = now
+        p.status.connects += 1
         self.connected = True
         self.connects += 1
 
-    def connect_failed(self, reason: str) -> None:
-        self._connect_errors.labels(reason).inc()
-        self._success.set(0)
+    def connect_failed(self, reason: str, detail: str = "") -> None:
+        self._p.connect_failed(reason, detail, self.role)
 
-    def disconnected(self, reason: str, close_code: int | None) -> None:
-        self._disconnects.labels(reason).inc()
+    def disconnected(self, reason: str, close_code: int | None, close_reason: str = "") -> None:
+        p, f, role = self._p, self._f, self._role
+        f.disconnects.labels(reason, *role).inc()
         if close_code is not None:
-            self._close_codes.labels(str(close_code)).inc()
-        self._open.set(0)
+            f.close_codes.labels(str(close_code), *role).inc()
+        if self.connected:
+            _child(f.open, role).dec()
+            p.status.sessions_open -= 1
+        p.status.disconnects[reason] += 1
+        detail = f"close {close_code}" if close_code is not None else ""
+        if close_reason:
+            detail += f" {close_reason!r}"
+        p.status.last_close = Event(time.time(), "session ended", reason, detail.strip())
         self.connected = False
         self.disconnects += 1
-        if reason != "churn":
-            self._success.set(0)
-
-    def set_success(self, ok: bool) -> None:
-        self._success.set(1 if ok else 0)
-
-    # -- messages ----------------------------------------------------------------------------
-
-    @property
-    def messages(self) -> _MessageFamilies:
-        if self._messages is None:
-            self._messages = _MessageFamilies(self.registry, self._buckets)
-        return self._messages
-
-    def message_answered(self, start_ns: int, end_ns: int) -> None:
-        rtt = (end_ns - start_ns) / 1e9
-        self.messages.received.inc()
-        self.recent_rtt.append(rtt)
-        if self._tainted(start_ns, end_ns):
-            self._tainted_total.inc()
-        else:
-            self.messages.rtt.observe(rtt)
-
-
-class _MessageFamilies:
-    def __init__(self, reg: CollectorRegistry, buckets: tuple[float, ...]) -> None:
-        self.rtt = Histogram(
-            "probe_message_rtt_seconds",
-            "Round trip of an application message on a held session.",
-            buckets=buckets,
-            registry=reg,
-        )
-        self.sent = Counter("probe_messages_sent_total", "Messages sent.", registry=reg)
-        self.received = Counter(
-            "probe_messages_received_total", "Replies matched to a message in time.", registry=reg
-        )
-        self.lost = Counter(
-            "probe_messages_lost_total",
-            "Messages unanswered within the timeout, or in flight when their session died.",
-            registry=reg,
-        )
-        self.duplicated = Counter(
-            "probe_messages_duplicated_total", "Replies received more than once.", registry=reg
-        )
-        self.reordered = Counter(
-            "probe_messages_reordered_total",
-            "Replies that arrived after a reply to a later message.",
-            registry=reg,
-        )
-        unmatched = Counter(
-            "probe_messages_unmatched_total",
-            "Inbound messages that matched no message in flight, by reason.",
-            ["reason"],
-            registry=reg,
-        )
-        self.unmatched = {r: unmatched.labels(r) for r in UNMATCHED_REASONS}
+        if reason not in INTENDED_ENDS:
+            p.set_success(False)
 
 
 class DaemonMetrics:
@@ -324,6 +414,8 @@ class DaemonMetrics:
             ["probe"],
             registry=reg,
         )
+        # process_*: RSS, CPU, open and max descriptors, start time, as every exporter has them.
+        ProcessCollector(registry=reg)
 
     def running_on(self, event_loop: str) -> None:
         self._build.clear()

@@ -5,32 +5,33 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian packages the tests drive for real: promtool and prometheus (prometheus), amtool and
+# alertmanager (prometheus-alertmanager), systemd-analyze (systemd), a CONNECT proxy (tinyproxy),
+# flite and sox (the speech fixtures are regenerated and compared).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
+command -v flite >/dev/null 2>&1 || missing+=(flite)
+command -v sox >/dev/null 2>&1 || missing+=(sox)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    echo "== installing Debian's prometheus package (promtool)"
+    echo "== installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Packaged services start on install; the tests run their own copies on free ports.
+    for unit in "${missing[@]}"; do systemctl stop "$unit" >/dev/null 2>&1 || true; done
   else
-    echo "promtool not found: run as root, or: sudo apt-get install prometheus" >&2
+    echo "missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1
-  fi
-fi
-
-# flite and sox regenerate the speech fixtures (the reproducibility test skips without them).
-if ! command -v flite >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "== installing Debian's flite and sox (speech fixture generation)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends flite sox >/dev/null
-  else
-    echo "flite/sox not found: the fixture reproducibility test will be skipped" >&2
   fi
 fi
 
 echo "== python environment (.venv)"
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,webrtc]'
 
 echo "== ruff format / ruff check / mypy --strict"
 .venv/bin/ruff format --check probed tests

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from probed.targets.echo import EchoTarget
 from tests.conftest import bound, wait_until
@@ -292,9 +293,12 @@ async def test_tells_systemd_ready_reloading_and_stopping(
     def drain() -> list[str]:
         while True:
             try:
-                states.append(notify.recv(4096).decode())
+                state = notify.recv(4096).decode()
             except BlockingIOError:
                 return states
+            # The status line and watchdog keep-alives come on their own schedule.
+            if not state.startswith(("STATUS=", "WATCHDOG=")):
+                states.append(state)
 
     try:
         path = write(tmp_path / "c.yaml", probe_config(echo.url))
@@ -309,3 +313,48 @@ async def test_tells_systemd_ready_reloading_and_stopping(
         assert states[1].split("\n")[1].startswith("MONOTONIC_USEC=")
     finally:
         notify.close()
+
+
+async def test_once_says_how_the_server_closed_the_session(tmp_path: Path) -> None:
+    # A server that wants a join first and closes on anything else, quoting our token back.
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        auth = ws.request.headers.get("Authorization", "") if ws.request else ""
+        await ws.close(4001, f"join first ({auth})")
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        path = write(
+            tmp_path / "c.yaml",
+            probe_config(f"ws://127.0.0.1:{port}/") + f"    bearer_token: {CANARY}\n",
+        )
+        code, out, err = await cli("--log-format", "json", "once", "-c", str(path))
+    assert code == 1
+    (closed,) = [json.loads(line) for line in out.splitlines() if "closed the session" in line]
+    assert closed["close_code"] == 4001
+    assert closed["close_reason"].startswith("join first")
+    assert CANARY not in out + err
+
+
+async def test_check_and_run_load_no_reference_targets(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", probe_config("ws://127.0.0.1:1/"))
+    script = (
+        "import sys; from probed.cli import main; main(sys.argv[1:]);"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, "check", "-c", str(path), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    loaded = set(out.decode().split("\n")[-2].split())
+    assert "probed.config" in loaded
+    assert not {m for m in loaded if m.startswith("probed.targets")}
+    assert "aiohttp.web" not in loaded and "probed.metrics" not in loaded
+    assert "prometheus_client" not in loaded and "probed.probes.echo" not in loaded
+    # The daemon's modules load no target either (the demo and `target` are the only users).
+    import_daemon = "import sys, probed.daemon, probed.kinds; print(' '.join(sorted(sys.modules)))"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", import_daemon, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert not {m for m in out.decode().split() if m.startswith("probed.targets")}

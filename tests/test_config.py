@@ -34,6 +34,7 @@ from probed.config import (
 )
 
 CANARY = "canary-s3cr3t-XYZ"
+KNOWN = ", ".join(PROBE_KINDS)
 
 # Line 1 "probes:", line 2 "- name", line 3 kind, line 4 url; probe() extras start on line 5.
 PROBE_HEAD = """\
@@ -61,9 +62,14 @@ def one_issue(text: str, env: dict[str, str] | None = None) -> ConfigIssue:
     return issues[0]
 
 
+def echo(probe: object) -> EchoProbeConfig:
+    assert isinstance(probe, EchoProbeConfig)
+    return probe
+
+
 def first_probe(text: str, env: dict[str, str] | None = None) -> EchoProbeConfig:
     config = parse_config(text, env={} if env is None else env)
-    return config.probes[0]
+    return echo(config.probes[0])
 
 
 # --- durations ------------------------------------------------------------------------------
@@ -272,19 +278,19 @@ def test_duplicate_probe_name_points_at_second() -> None:
 def test_unknown_kind_lists_known_kinds() -> None:
     text = "probes:\n  - name: echo\n    kind: websockt\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: echo'
+        "probes[0].kind", 3, 'unknown probe kind "websockt"; known kinds: ' + KNOWN
     )
 
 
 def test_missing_kind() -> None:
     text = "probes:\n  - name: echo\n    url: ws://x/\n"
     assert one_issue(text) == ConfigIssue(
-        "probes[0].kind", 2, "required key is missing; known kinds: echo"
+        "probes[0].kind", 2, "required key is missing; known kinds: " + KNOWN
     )
 
 
 def test_probe_kinds_come_from_the_union() -> None:
-    assert dict(PROBE_KINDS) == {"echo": EchoProbeConfig}
+    assert PROBE_KINDS["echo"] is EchoProbeConfig
 
 
 def test_every_error_is_reported_in_file_order() -> None:
@@ -427,7 +433,7 @@ def test_full_example_parses() -> None:
     assert config.global_.labels == {"location": "eu-west-1"}
     assert config.global_.log_level == "debug"
     assert config.global_.loop_lag_threshold == 0.025
-    got = config.probes[0]
+    got = echo(config.probes[0])
     assert got.kind == "echo"
     assert got.subprotocols == ["chat.v1"]
     assert got.message.match == MatchConfig(json="id")
@@ -557,7 +563,7 @@ def test_relative_file_paths_are_relative_to_the_config_file(tmp_path: Path) -> 
     (tmp_path / "secrets" / "token").write_text("rel-token\n")
     config_file = tmp_path / "probed.yaml"
     config_file.write_text(probe("bearer_token_file: secrets/token"))
-    got = load_config(config_file, env={}).probes[0]
+    got = echo(load_config(config_file, env={}).probes[0])
     assert got.bearer_token_file == tmp_path / "secrets" / "token"
     assert got.request_headers()["Authorization"] == "Bearer rel-token"
 
@@ -970,9 +976,10 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
         "probes:\n"
         "  - name: a\n"
         "    kind: echo\n"
-        "    url: wss://user:${SECRET}@h.example/ws?key=${SECRET}\n"
+        "    url: wss://h.example/ws?key=${SECRET}\n"
         "    headers: {X-Api-Key: '${SECRET}-header'}\n"
         "    bearer_token: '${SECRET}-bearer'\n"
+        "    proxy_url: http://user:${SECRET}@proxy.example:3128\n"
         "  - name: b\n"
         "    kind: echo\n"
         "    url: wss://h.example/ws\n"
@@ -982,15 +989,15 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
     for text in (repr(config), str(config), repr(config.probes[0]), repr(config.probes[1])):
         assert CANARY not in text
     assert config.probes[0].target == "wss://h.example/ws"
-    assert config.probes[0].request_headers() == {
+    assert echo(config.probes[0]).request_headers() == {
         "X-Api-Key": f"{CANARY}-header",
         "Authorization": f"Bearer {CANARY}-bearer",
     }
-    assert config.probes[1].request_headers() == {"Authorization": f"Bearer {CANARY}-file"}
+    assert echo(config.probes[1]).request_headers() == {"Authorization": f"Bearer {CANARY}-file"}
 
     # Now every kind of error around those secrets.
     bad = (
-        good.replace("wss://user", "http://user")
+        good.replace("wss://h.example/ws?", "http://user:${SECRET}@h.example/ws?")
         .replace("'${SECRET}-header'", '"${SECRET}\\r\\nX: y"')
         .replace("'${SECRET}-bearer'", '"${SECRET} two words"')
         + "    headers: {X-Number: 5, Authorization: '${SECRET}'}\n"
@@ -1010,7 +1017,7 @@ def test_secrets_never_reach_repr_or_errors(tmp_path: Path) -> None:
 def test_unknown_kind_from_env_is_not_echoed() -> None:
     text = "probes:\n  - name: a\n    kind: ${KIND}\n    url: ws://h/\n"
     issue = one_issue(text, env={"KIND": CANARY})
-    assert issue.message == "unknown probe kind value; known kinds: echo"
+    assert issue.message == "unknown probe kind value; known kinds: " + KNOWN
 
 
 def test_duration_error_echo_is_truncated() -> None:
@@ -1093,9 +1100,9 @@ def test_json_schema() -> None:
     assert round_tripped == schema
     assert schema["$schema"].startswith("https://json-schema.org/")
     assert schema["additionalProperties"] is False
-    assert set(schema["properties"]) == {"global", "probes"}
+    assert set(schema["properties"]) == {"global", "defaults", "probes"}
     items = schema["properties"]["probes"]["items"]
-    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) == {"echo"}
+    assert set(items["discriminator"]["mapping"]) == set(PROBE_KINDS) >= {"echo", "http"}
     probe_schema = schema["$defs"]["EchoProbeConfig"]
     assert probe_schema["properties"]["kind"]["const"] == "echo"
     assert probe_schema["required"] == ["kind", "name", "url"]
@@ -1106,7 +1113,7 @@ def test_json_schema() -> None:
     assert pattern.match("1h30m")
     assert pattern.match("250us")
     assert not pattern.match("5")
-    assert schema["$defs"]["MatchConfig"]["properties"].keys() == {"json", "raw"}
+    assert schema["$defs"]["MatchConfig"]["properties"].keys() == {"json", "raw", "where"}
     assert schema["$defs"]["ConnectionConfig"]["properties"]["keepalive"]["default"] == {
         "mode": "ping",
         "interval": "15s",
@@ -1121,6 +1128,55 @@ def test_python_construction_uses_field_names_and_aliases() -> None:
         probes=[EchoProbeConfig(kind="echo", name="a", url="ws://h/", interval=0.5)],
     )
     assert config.global_.labels == {"region": "eu"}
-    assert config.probes[0].max_in_flight == 11
+    assert echo(config.probes[0]).max_in_flight == 11
     with pytest.raises(ValidationError, match=r"slo\.latency: must not be longer than timeout"):
         EchoProbeConfig(kind="echo", name="a", url="ws://h/", timeout=0.1, slo=SloConfig(latency=1))
+
+
+# --- defaults ---------------------------------------------------------------------------------
+
+
+def test_defaults_are_inherited_merged_and_overridden() -> None:
+    text = textwrap.dedent(
+        """\
+        defaults:
+          connection: {connect_timeout: 3s, keepalive: {interval: 5s}}
+          headers: {X-Team: sre}
+          timeout: 2s
+          message: {template: '{"id":"{id}"}'}
+        probes:
+          - name: a
+            kind: echo
+            url: ws://a/
+            connection: {keepalive: {timeout: 4s}}
+          - name: b
+            kind: echo
+            url: ws://b/
+            timeout: 3s
+          - name: api
+            kind: http
+            url: http://api/
+        """
+    )
+    config = parse_config(text, env={})
+    a, b, api = (echo(config.probes[0]), echo(config.probes[1]), config.probes[2])
+    # Mappings merge key by key; the probe's own value wins.
+    assert a.connection.connect_timeout == 3 and a.connection.keepalive.interval == 5
+    assert a.connection.keepalive.timeout == 4
+    assert a.timeout == 2 and b.timeout == 3
+    assert a.request_headers() == {"X-Team": "sre"}
+    assert a.message.template == '{"id":"{id}"}'
+    # The http probe takes headers and timeout but has no message: it is not given one.
+    assert api.kind == "http" and getattr(api, "timeout") == 2  # noqa: B009
+
+
+def test_an_error_in_an_inherited_value_points_at_the_defaults_line() -> None:
+    text = "defaults:\n  timeout: soon\nprobes:\n  - name: a\n    kind: echo\n    url: ws://a/\n"
+    issue = one_issue(text)
+    assert issue.path == "probes[0].timeout" and issue.line == 2
+
+
+def test_a_defaults_key_no_kind_has_is_an_error() -> None:
+    text = "defaults:\n  intervall: 1s\nprobes: []\n"
+    issue = one_issue(text)
+    assert issue.path == "defaults.intervall" and "no probe kind" in issue.message

@@ -15,7 +15,7 @@ from typing import ClassVar
 import pytest
 import structlog
 
-from probed import probes
+from probed import kinds
 from probed.config import ProbeConfig
 from probed.metrics import ProbeMetrics
 from probed.targets.echo import EchoTarget
@@ -38,14 +38,14 @@ class Crashing:
 async def test_a_crashing_probe_is_restarted_with_backoff_and_the_others_keep_going(
     echo: EchoTarget, start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_build = probes.build
+    real_build = kinds.build
 
     def build(
         cfg: ProbeConfig, metrics: ProbeMetrics, log: structlog.typing.FilteringBoundLogger
-    ) -> probes.Probe:
+    ) -> kinds.Probe:
         return Crashing() if cfg.name == "buggy" else real_build(cfg, metrics, log)
 
-    monkeypatch.setattr(probes, "build", build)
+    monkeypatch.setattr(kinds, "build", build)
     Crashing.runs = []
     text = "probes:\n" + "".join(
         f"  - {{name: {n}, kind: echo, url: '{echo.url}', interval: 50ms}}\n"

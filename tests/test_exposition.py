@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from probed.metrics import RESERVED_LABEL_NAMES
+from probed.labels import RESERVED_LABEL_NAMES
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, parse_exposition, wait_until
 

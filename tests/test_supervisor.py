@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from probed import logs
+from probed.config import EchoProbeConfig
 from probed.connection import AppTimeout, GoAway, Session, SessionEnded, Supervisor
 from probed.metrics import ProbeMetrics
 from probed.targets.echo import EchoTarget
@@ -40,9 +41,8 @@ class Handler:
         assert data == "hello"
 
     async def serve(self, session: Session) -> None:
-        assert self.supervisor is not None
         # A provider hands out a resumption handle during the session.
-        self.supervisor.resume_handle = f"handle-{session.epoch}"
+        session.resume_handle = f"handle-{session.epoch}"
         if self.end_with is not None:
             raise self.end_with()
         while True:
@@ -68,7 +68,10 @@ probes:
     connection: {{connect_timeout: 300ms, reconnect: {{initial: 10ms, max: 50ms}}}}
 """
     ).probes[0]
-    sup = Supervisor(endpoint, metrics=metrics, handler=handler, log=logs.get(probe="sup"))
+    assert isinstance(endpoint, EchoProbeConfig)
+    sup = Supervisor(
+        endpoint, metrics=metrics.session(), handler=handler, log=logs.get(probe="sup")
+    )
     handler.supervisor = sup
     task = asyncio.create_task(sup.run())
     yield handler, metrics, echo
@@ -84,12 +87,12 @@ async def test_resumption_handle_is_carried_into_the_next_setup(
     supervised: tuple[Handler, ProbeMetrics, EchoTarget],
 ) -> None:
     handler, metrics, echo = supervised
-    await wait_until(lambda: metrics.connected)
+    await wait_until(lambda: metrics.status.up)
     for sessions in (2, 3):
         echo.close_all(1001, "going away")
 
         def reconnected(n: int = sessions) -> bool:
-            return len(handler.setups) == n and metrics.connected
+            return len(handler.setups) == n and metrics.status.up
 
         await wait_until(reconnected)
     assert handler.setups == [None, "handle-1", "handle-2"]
@@ -115,11 +118,11 @@ async def test_setup_failures_are_connect_errors(
     supervised: tuple[Handler, ProbeMetrics, EchoTarget],
 ) -> None:
     handler, metrics, _echo = supervised
-    await wait_until(lambda: metrics.connected)
+    await wait_until(lambda: metrics.status.up)
     handler.fail_setup = SessionEnded()
     handler.supervisor.session.ws.transport.abort()  # type: ignore[union-attr]
     await wait_until(lambda: count(metrics, "probe_connect_errors_total", reason="setup") >= 2)
     handler.fail_setup = None
     handler.hang_setup = True
     await wait_until(lambda: count(metrics, "probe_connect_errors_total", reason="timeout") >= 1)
-    assert not metrics.connected
+    assert not metrics.status.up

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from probed.config.schema.probes import PROBE_KINDS, _kind_of
-from probed.config.schema.root import Config
+from probed.config.schema.root import config_model
 from probed.config.validation import _PROBLEMS_ERROR, Loc, _quoted
 from probed.config.yaml_reader import _DocumentReader
 
@@ -81,7 +81,7 @@ def _resolve(raw_loc: Loc) -> tuple[Loc, type[BaseModel] | None]:
     """Drop the union tags pydantic inserts into locations (('probes', 0, 'echo', ...))
     and find the model the location ends in, for "did you mean" hints."""
     loc: list[str | int] = []
-    current: Any = Config
+    current: Any = config_model()
     for position, part in enumerate(raw_loc):
         current = _unwrap(current)
         if part == "[key]":

@@ -6,7 +6,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
 from probed.config.durations import DURATION_PATTERN, format_duration
-from probed.config.schema.root import Config
+from probed.config.schema.root import config_model
 
 
 class _SchemaGenerator(GenerateJsonSchema):
@@ -22,7 +22,7 @@ class _SchemaGenerator(GenerateJsonSchema):
 
 def config_json_schema() -> dict[str, Any]:
     """JSON Schema (2020-12) of the config file, for editors and `probed check --schema`."""
-    schema = Config.model_json_schema(
+    schema = config_model().model_json_schema(
         by_alias=True, mode="validation", schema_generator=_SchemaGenerator
     )
     return {

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
+from probed.config.defaults import apply_defaults
 from probed.config.errors import (
     ConfigError,
     ConfigIssue,
@@ -20,7 +21,8 @@ from probed.config.errors import (
     _validation_issues,
     _yaml_issue,
 )
-from probed.config.schema.root import Config
+from probed.config.schema.probes import PROBE_KINDS
+from probed.config.schema.root import Config, config_model
 from probed.config.validation import _format_path, _LoadContext
 from probed.config.yaml_reader import _DocumentReader
 
@@ -48,8 +50,9 @@ def parse_config(
         data = {}  # a file holding only comments or a bare "---"
     config: Config | None = None
     if isinstance(data, dict):
+        apply_defaults(data, PROBE_KINDS, reader.lines, reader.from_env)
         try:
-            config = Config.model_validate(
+            config = config_model().model_validate(
                 data, by_alias=True, by_name=False, context=_LoadContext(base_dir)
             )
         except ValidationError as exc:

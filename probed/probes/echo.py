@@ -10,62 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import secrets
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 from websockets.exceptions import ConnectionClosed
 
 from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
+from probed.delivery import DeliveryTracker, open_loop
 from probed.dial import ConnectError
+from probed.matching import Filter, Ignored
 from probed.metrics import ProbeMetrics
-
-_PLACEHOLDER = re.compile(r"\{(id|seq|send_time|probe)\}")
-# How many answered / expired ids to remember for telling duplicates and late replies apart.
-_REMEMBERED = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class _Sent:
-    seq: int
-    sent_ns: int
-    deadline_ns: int
-
-
-class Template:
-    """A message template with {id}, {seq}, {send_time} and {probe}; JSON braces pass through."""
-
-    def __init__(self, text: str) -> None:
-        self._parts = _PLACEHOLDER.split(text)
-
-    def render(self, values: dict[str, str]) -> str:
-        # split() alternates literal text and placeholder names.
-        return "".join(part if i % 2 == 0 else values[part] for i, part in enumerate(self._parts))
-
-
-def dig(obj: Any, path: str) -> Any:
-    """The value at a dotted path in decoded JSON, or None."""
-    for key in path.split("."):
-        if isinstance(obj, dict):
-            obj = obj.get(key)
-        elif isinstance(obj, list) and key.isdigit() and int(key) < len(obj):
-            obj = obj[int(key)]
-        else:
-            return None
-    return obj
-
-
-class _Remembered(OrderedDict[str, None]):
-    def add(self, key: str) -> None:
-        self[key] = None
-        if len(self) > _REMEMBERED:
-            self.popitem(last=False)
+from probed.probes.messages import MessageMetrics
+from probed.template import Template
 
 
 class EchoProbe:
@@ -77,22 +35,36 @@ class EchoProbe:
     ) -> None:
         self._cfg = cfg
         self._metrics = metrics
-        self._msg = metrics.messages
+        self._msg = MessageMetrics(
+            metrics,
+            metrics.latency(
+                "probe_message_rtt_seconds",
+                "Round trip of an application message on a held session.",
+                primary=True,
+            ),
+        )
         self._log = log
         self._template = Template(cfg.message.template)
-        self._json_path = cfg.message.match.json_
+        match = cfg.message.match
+        self._json_path = match.json_
+        # Raw matching compares the echoed text itself; otherwise a bounded JSON filter decides.
+        self._filter = (
+            None
+            if match.json_ is None
+            else Filter(match.json_, [condition.build() for condition in match.where])
+        )
         # Ids carry a per-run prefix so replies meant for another prober on a shared server, or
         # for this probe before a restart, are never matched.
         self._run_id = secrets.token_hex(3)
-        self._timeout_ns = int(cfg.timeout * 1e9)
-        self._inflight: OrderedDict[str, _Sent] = OrderedDict()
-        self._answered = _Remembered()
-        self._expired = _Remembered()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._tracker = DeliveryTracker(int(cfg.timeout * 1e9))
         self._seq = 0
-        self._highest_answered = -1
-        self.supervisor = Supervisor(cfg, metrics=metrics, handler=self, log=log)
+        self.supervisor = Supervisor(
+            cfg,
+            metrics=metrics.session(),
+            handler=self,
+            log=log,
+            variables={"probe": cfg.name},
+        )
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -104,7 +76,7 @@ class EchoProbe:
 
     async def setup(self, session: Session) -> None:
         self._seq = 0
-        self._highest_answered = -1
+        self._tracker.start_epoch()
 
     async def serve(self, session: Session) -> None:
         while True:
@@ -115,33 +87,16 @@ class EchoProbe:
         # Replies still missing after `timeout` are lost anyway; churn then closes regardless.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._cfg.timeout):
-                await self._idle.wait()
+                await self._tracker.idle.wait()
 
     def ended(self, session: Session, reason: str) -> None:
         # In flight when the session died: the service never delivered them.
-        if self._inflight:
-            self._msg.lost.inc(len(self._inflight))
-            for key in self._inflight:
-                self._expired.add(key)
-            self._inflight.clear()
-            self._idle.set()
+        self._msg.lost(self._tracker.settle())
 
     # -- sending --------------------------------------------------------------------------------
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self._cfg.interval
-        start = loop.time()
-        slot = 0
-        while True:
-            slot += 1
-            due = start + slot * interval
-            now = loop.time()
-            if now - due > interval:
-                # Fell more than a slot behind (the loop was starved): skip, never burst.
-                slot = int((now - start) / interval) + 1
-                due = start + slot * interval
-            await asyncio.sleep(due - now)
+        async for _slot in open_loop(self._cfg.interval):
             session = self.supervisor.session
             if session is None or session.draining:
                 continue
@@ -159,6 +114,7 @@ class EchoProbe:
         ident = f"{self._run_id}-{session.epoch}-{seq}"
         payload = self._template.render(
             {
+                **session.variables,
                 "id": ident,
                 "seq": str(seq),
                 "send_time": f"{time.time():.6f}",
@@ -166,87 +122,57 @@ class EchoProbe:
             }
         )
         key = ident if self._json_path else payload
-        now = time.perf_counter_ns()
         # Registered before the write: a fast reply can be read while send() awaits the drain.
-        self._inflight[key] = _Sent(seq, now, now + self._timeout_ns)
-        self._idle.clear()
-        self._msg.sent.inc()
+        self._tracker.sent(key, seq, time.perf_counter_ns())
+        self._msg.sent()
         await session.send(payload)
         return key
 
     # -- receiving ------------------------------------------------------------------------------
 
     def _on_reply(self, data: str | bytes, at_ns: int) -> None:
-        text = data if isinstance(data, str) else data.decode("utf-8", "replace")
-        if self._json_path is None:
-            key = text
+        if self._filter is None:
+            key = data if isinstance(data, str) else data.decode("utf-8", "replace")
         else:
-            try:
-                value = dig(json.loads(text), self._json_path)
-            except ValueError:
-                self._msg.unmatched["not_json"].inc()
-                self._log.debug("reply is not JSON", size=len(text))
+            verdict = self._filter.classify(data)
+            if isinstance(verdict, Ignored):
+                # Not a reply by the configured conditions (room chatter, a broadcast beside
+                # the ack): ignored. A would-be reply that cannot be read: unmatched.
+                if verdict.reason == "filtered":
+                    self._msg.ignored("filtered")
+                else:
+                    self._msg.unmatched(verdict.reason)
                 return
-            if value is None:
-                self._msg.unmatched["missing_field"].inc()
-                return
-            key = str(value)
-        sent = self._inflight.pop(key, None)
-        if sent is None:
-            if key in self._answered:
-                self._msg.duplicated.inc()
-            elif key in self._expired:
-                self._msg.unmatched["late"].inc()
-            else:
-                self._msg.unmatched["unknown"].inc()
-            return
-        if not self._inflight:
-            self._idle.set()
-        if at_ns > sent.deadline_ns:
-            # Past its timeout but not yet swept: lost, exactly as if the sweep had come first.
-            self._expired.add(key)
-            self._msg.lost.inc()
-            self._msg.unmatched["late"].inc()
+            assert verdict.id is not None
+            key = verdict.id
+        got = self._tracker.received(key, at_ns)
+        answered = self._msg.record(got, at_ns)
+        if answered:
+            self._metrics.set_success(True)
+            assert got.sent is not None
+            self._log.debug(
+                "reply", seq=got.sent.seq, rtt_ms=round((at_ns - got.sent.sent_ns) / 1e6, 3)
+            )
+        elif got.lost_now:
             self._metrics.set_success(False)
-            return
-        self._answered.add(key)
-        if sent.seq < self._highest_answered:
-            self._msg.reordered.inc()
-        else:
-            self._highest_answered = sent.seq
-        self._metrics.message_answered(sent.sent_ns, at_ns)
-        self._metrics.set_success(True)
-        self._log.debug("reply", seq=sent.seq, rtt_ms=round((at_ns - sent.sent_ns) / 1e6, 3))
 
     async def _expire_loop(self) -> None:
         idle_wait = min(self._cfg.interval, self._cfg.timeout)
         while True:
-            if not self._inflight:
+            deadline = self._tracker.next_deadline_ns()
+            if deadline is None:
                 await asyncio.sleep(idle_wait)
                 continue
-            oldest = next(iter(self._inflight.values()))
-            wait_ns = oldest.deadline_ns - time.perf_counter_ns()
+            wait_ns = deadline - time.perf_counter_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
                 continue
-            self._expire(time.perf_counter_ns())
-
-    def _expire(self, now_ns: int) -> None:
-        lost = 0
-        # Insertion order is send order, so expired entries are all at the front.
-        while self._inflight:
-            key, sent = next(iter(self._inflight.items()))
-            if sent.deadline_ns > now_ns:
-                break
-            del self._inflight[key]
-            self._expired.add(key)
-            lost += 1
-            self._log.debug("lost", seq=sent.seq)
-        if lost:
-            self._msg.lost.inc(lost)
-            self._metrics.set_success(False)
-            if not self._inflight:
-                self._idle.set()
+            lost = self._tracker.expire(time.perf_counter_ns())
+            for sent in lost:
+                self._log.debug("lost", seq=sent.seq)
+            if lost:
+                self._msg.lost(len(lost))
+                self._metrics.set_success(False)
 
     # -- one-shot -------------------------------------------------------------------------------
 
@@ -262,18 +188,31 @@ class EchoProbe:
             **{f"{k}_ms": round(v * 1e3, 2) for k, v in self.supervisor.phases.items()},
         )
         reader = asyncio.create_task(self.serve(session))
+        idle = asyncio.create_task(self._tracker.idle.wait())
         try:
             key = await self.send(session)
-            try:
-                async with asyncio.timeout(self._cfg.timeout):
-                    await self._idle.wait()
-            except TimeoutError:
-                pass
-            answered = key in self._answered
+            # Wait for the reply, or for the reader to end because the server closed on us.
+            await asyncio.wait(
+                {reader, idle}, timeout=self._cfg.timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            answered = self._tracker.was_answered(key)
             if not answered:
-                self._log.error("no reply", timeout_s=self._cfg.timeout)
+                self._report_no_reply(session, reader)
             return answered
         finally:
+            idle.cancel()
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+            await asyncio.gather(reader, idle, return_exceptions=True)
             await session.ws.close()
+
+    def _report_no_reply(self, session: Session, reader: asyncio.Task[None]) -> None:
+        exc = reader.exception() if reader.done() and not reader.cancelled() else None
+        if isinstance(exc, ConnectionClosed):
+            rcvd = exc.rcvd
+            self._log.error(
+                "no reply: the server closed the session",
+                close_code=rcvd.code if rcvd is not None else 1006,
+                close_reason=session.redact(rcvd.reason) if rcvd is not None else None,
+            )
+        else:
+            self._log.error("no reply", timeout_s=self._cfg.timeout)

@@ -49,9 +49,12 @@ class _BudgetSpent(Exception):
 
 def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
     # A zero linger makes close() send RST instead of FIN, which is what a reset looks like.
+    if writer.transport.is_closing():
+        return  # already gone: uvloop's socket wrapper then has no descriptor to set
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: uvloop's wrapper of a socket closed meanwhile ("negative file descriptor").
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 

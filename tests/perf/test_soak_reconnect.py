@@ -103,7 +103,7 @@ probes:
         (metrics,) = [m for m in d.daemon.exposition.probes() if m.name == "soak"]
 
         def ready() -> bool:
-            return metrics.connected and echo.sessions == 1
+            return metrics.status.up and echo.sessions == 1
 
         def steady() -> bool:
             return ready() and proxy.active == 1
@@ -113,7 +113,7 @@ probes:
         async def cycle(n: int, m: ProbeMetrics) -> None:
             nonlocal retriggers
             await wait_until(ready, what=f"session up before cycle {n}")
-            down, connects = m.disconnects, m.connects
+            down, connects = m.status.disconnects.total(), m.status.connects
 
             def trigger() -> None:
                 if n % 2:
@@ -124,7 +124,7 @@ probes:
             trigger()
             fired = time.monotonic()
             limit = fired + bound(10)
-            while m.disconnects == down:
+            while m.status.disconnects.total() == down:
                 now = time.monotonic()
                 assert now < limit, f"cycle {n}: the session never went down"
                 if now - fired > RETRIGGER_AFTER:
@@ -132,9 +132,9 @@ probes:
                     trigger()
                     fired = now
                 await asyncio.sleep(0.001)
-            assert m.disconnects == down + 1, f"cycle {n}: more than one disconnect"
+            assert m.status.disconnects.total() == down + 1, f"cycle {n}: more than one disconnect"
             limit = time.monotonic() + bound(10)
-            while not (m.connected and m.connects > connects):
+            while not (m.status.up and m.status.connects > connects):
                 assert time.monotonic() < limit, f"cycle {n}: never reconnected"
                 await asyncio.sleep(0.001)
 

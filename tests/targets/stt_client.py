@@ -18,6 +18,8 @@ from probed.adapters import (
 )
 from probed.audio import Clip, UtteranceAudio, load_manifest, prepare
 from probed.config import ConnectionConfig, TlsConfig
+from probed.config.schema.framing import FramingConfig
+from probed.config.schema.scripting import SetupStepConfig
 from probed.connection import Session
 from probed.dial import Dialer
 from probed.speech import close_session, open_session
@@ -33,9 +35,14 @@ class Endpoint:
     subprotocols: tuple[str, ...] = ()
     tls: TlsConfig = field(default_factory=TlsConfig)
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    setup: tuple[SetupStepConfig, ...] = ()
+    framing: FramingConfig | None = None
 
     def request_headers(self) -> dict[str, str]:
         return dict(self.headers)
+
+    def proxy(self) -> str | None:
+        return None
 
 
 def adapter_for(protocol: str, url: str, **options: object) -> SpeechAdapter:

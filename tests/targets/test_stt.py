@@ -256,10 +256,9 @@ def test_cli_arguments_build_the_target() -> None:
     from probed.cli import build_parser
     from probed.targets import stt
 
-    args = build_parser().parse_args(
-        ["target", "stt", "--protocol", "assemblyai", "--fast", "--delay", "0.2",
-         "--close-code", "1011"]
-    )  # fmt: skip
+    argv = ["target", "stt", "--protocol", "assemblyai", "--fast", "--delay", "0.2",
+            "--close-code", "1011"]  # fmt: skip
+    args = build_parser(argv).parse_args(argv)
     assert args.serve is stt.serve
     assert (args.protocol, args.fast, args.delay, args.close_code) == (
         "assemblyai",

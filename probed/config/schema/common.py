@@ -153,46 +153,5 @@ class ConnectionConfig(StrictModel):
         return value
 
 
-class MatchConfig(StrictModel):
-    # `json` would shadow BaseModel.json(), so the attribute is json_ and the key is "json".
-    json_: str | None = Field(default=None, alias="json")
-    raw: bool = False
-
-    @field_validator("json_")
-    @classmethod
-    def _check_json_path(cls, value: str | None) -> str | None:
-        if value is not None and not all(part.strip() for part in value.split(".")):
-            raise _fail("must be a field name or a dotted path such as data.id")
-        return value
-
-    def _semantic_problems(self) -> list[Problem]:
-        if self.json_ is not None and self.raw:
-            return [((), "set either json or raw, not both")]
-        if self.json_ is None and not self.raw:
-            return [((), "set json (the reply field holding the id) or raw: true")]
-        return []
-
-
-class MessageConfig(StrictModel):
-    template: str = Field(
-        default='{"type":"ping","id":"{id}","seq":{seq},"sent_at":{send_time}}',
-        description="text of each message; {id}, {seq}, {send_time} and {probe} are filled in",
-    )
-    match: MatchConfig = MatchConfig(json="id")
-
-    def _semantic_problems(self) -> list[Problem]:
-        if self.match.json_ is not None and "{id}" not in self.template:
-            return [(("template",), "must contain {id} when replies are matched by a JSON field")]
-        if self.match.raw and "{id}" not in self.template and "{seq}" not in self.template:
-            return [
-                (
-                    ("template",),
-                    "must contain {id} or {seq} when replies are matched as raw text, "
-                    "or every message would look the same",
-                )
-            ]
-        return []
-
-
 class SloConfig(StrictModel):
     latency: Seconds = 0.05

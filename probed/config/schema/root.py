@@ -2,15 +2,17 @@
 
 import re
 from ipaddress import IPv4Address, IPv6Address
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 
+from probed.config.defaults import accepted_keys
 from probed.config.durations import Seconds
+from probed.config.schema.base import ProbeConfig
 from probed.config.schema.common import StrictModel
-from probed.config.schema.probes import ProbeConfig
+from probed.config.schema.probes import PROBE_KINDS, probe_union
 from probed.config.validation import Problem, _fail, _problems_error
-from probed.metrics import RESERVED_LABEL_NAMES
+from probed.labels import RESERVED_LABEL_NAMES
 
 _LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _HOSTNAME_RE: Final = re.compile(
@@ -99,10 +101,20 @@ class Config(StrictModel):
     global_: GlobalConfig = Field(
         default_factory=GlobalConfig, validation_alias="global", serialization_alias="global"
     )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="values every probe inherits unless it sets its own (mappings merge)",
+    )
     probes: list[ProbeConfig] = Field(default_factory=list)
 
     def _semantic_problems(self) -> list[Problem]:
         problems: list[Problem] = []
+        known = set().union(*(accepted_keys(m) for m in PROBE_KINDS.values()))
+        for key in self.defaults:
+            if key not in known:
+                problems.append(
+                    (("defaults", key), "no probe kind has this key (or it cannot be inherited)")
+                )
         first: dict[str, int] = {}
         for index, probe in enumerate(self.probes):
             if probe.name in first:
@@ -115,3 +127,20 @@ class Config(StrictModel):
                 )
             first.setdefault(probe.name, index)
         return problems
+
+
+_models: dict[tuple[type[ProbeConfig], ...], type[Config]] = {}
+
+
+def config_model() -> type[Config]:
+    """Config with `probes:` validated as the union of every registered kind.
+
+    Kinds register in probed/kinds.py (a test may register its own), so the model is derived
+    from the registry when asked for, and cached per set of kinds.
+    """
+    key = tuple(PROBE_KINDS.values())
+    model = _models.get(key)
+    if model is None:
+        fields: Any = {"probes": (list[probe_union()], Field(default_factory=list))}  # type: ignore[misc]
+        model = _models[key] = create_model("Config", __base__=Config, **fields)
+    return model

@@ -1,0 +1,90 @@
+"""Message families shared by the kinds that send messages and time their delivery."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from probed.delivery import Outcome, Received
+from probed.metrics import Latency, ProbeMetrics
+
+# Would-be replies that match no message in flight, or cannot be read as one.
+UNMATCHED_REASONS: Final = (
+    "not_json",
+    "too_large",
+    "too_deep",
+    "missing_field",
+    "bad_id",
+    "late",
+    "unknown",
+)
+# Inbound messages that are not replies by the configured filter: counted, never a failure.
+IGNORED_REASONS: Final = ("filtered", "foreign")
+
+
+class MessageMetrics:
+    """sent / received / lost / duplicated / reordered / unmatched, and one latency family."""
+
+    def __init__(self, metrics: ProbeMetrics, latency: Latency) -> None:
+        self._status = metrics.status
+        self.latency = latency
+        self._sent = metrics.counter("probe_messages_sent_total", "Messages sent.")
+        self._received = metrics.counter(
+            "probe_messages_received_total", "Replies matched to a message in time."
+        )
+        self._lost = metrics.counter(
+            "probe_messages_lost_total",
+            "Messages unanswered within the timeout, or in flight when their session died.",
+        )
+        self._duplicated = metrics.counter(
+            "probe_messages_duplicated_total", "Replies received more than once."
+        )
+        self._reordered = metrics.counter(
+            "probe_messages_reordered_total",
+            "Replies that arrived after a reply to a later message.",
+        )
+        self._unmatched = metrics.counter(
+            "probe_messages_unmatched_total",
+            "Inbound messages that matched no message in flight, by reason.",
+            "reason",
+            UNMATCHED_REASONS,
+        )
+        self._ignored = metrics.counter(
+            "probe_messages_ignored_total",
+            "Inbound messages that are not replies by the configured filter, by reason.",
+            "reason",
+            IGNORED_REASONS,
+        )
+
+    def sent(self) -> None:
+        self._sent.inc()
+        self._status.sent += 1
+
+    def lost(self, count: int = 1) -> None:
+        if count:
+            self._lost.inc(count)
+            self._status.lost += count
+
+    def unmatched(self, reason: str) -> None:
+        self._unmatched.labels(reason).inc()
+
+    def ignored(self, reason: str) -> None:
+        self._ignored.labels(reason).inc()
+
+    def record(self, got: Received, at_ns: int) -> bool:
+        """Count one inbound message's outcome; True if it answered a message in time."""
+        if got.outcome is Outcome.ANSWERED:
+            assert got.sent is not None
+            self._received.inc()
+            if got.reordered:
+                self._reordered.inc()
+            self.latency.observe(got.sent.sent_ns, at_ns)
+            return True
+        if got.outcome is Outcome.DUPLICATE:
+            self._duplicated.inc()
+        elif got.outcome is Outcome.LATE:
+            if got.lost_now:
+                self.lost()
+            self.unmatched("late")
+        else:
+            self.unmatched("unknown")
+        return False
