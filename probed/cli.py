@@ -178,6 +178,10 @@ TARGETS: dict[str, tuple[str, str]] = {
         "probed.targets.stt",
         "streaming speech-to-text emulator: deepgram, assemblyai or generic",
     ),
+    "voice": (
+        "probed.targets.voice",
+        "realtime voice-agent emulator: gemini or openai (tool calls, go-away, barge-in)",
+    ),
 }
 
 

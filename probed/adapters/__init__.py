@@ -3,7 +3,10 @@
 from probed.adapters.assemblyai import AssemblyAIAdapter, AssemblyAIOptions
 from probed.adapters.base import AdapterError, ConnectRequest, SpeechAdapter, Wire
 from probed.adapters.deepgram import DeepgramAdapter, DeepgramOptions
+from probed.adapters.gemini_live import GeminiLiveAdapter, GeminiLiveOptions
 from probed.adapters.generic import GenericAdapter, GenericProtocol
+from probed.adapters.openai_realtime import OpenAIRealtimeAdapter, OpenAIRealtimeOptions
+from probed.adapters.voice import ToolSpec, VoiceAdapter
 
 __all__ = [
     "AdapterError",
@@ -12,8 +15,14 @@ __all__ = [
     "ConnectRequest",
     "DeepgramAdapter",
     "DeepgramOptions",
+    "GeminiLiveAdapter",
+    "GeminiLiveOptions",
     "GenericAdapter",
     "GenericProtocol",
+    "OpenAIRealtimeAdapter",
+    "OpenAIRealtimeOptions",
     "SpeechAdapter",
+    "ToolSpec",
+    "VoiceAdapter",
     "Wire",
 ]

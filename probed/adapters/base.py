@@ -36,6 +36,9 @@ class ConnectRequest:
     url: str
     headers: Mapping[str, str] = field(default_factory=dict)
     subprotocols: Sequence[str] = ()
+    # False when the provider answers WebSocket pings too slowly for the library's defaults
+    # (Gemini Live: 8-30 s), so the dialer must not send them or it closes its own session.
+    library_pings: bool = True
 
     @property
     def safe_url(self) -> str:

@@ -17,9 +17,8 @@ from probed.adapters import (
     SpeechAdapter,
 )
 from probed.audio import Clip, UtteranceAudio, load_manifest, prepare
-from probed.config import ConnectionConfig, TlsConfig
+from probed.config import ConnectionConfig, SetupStepConfig, TlsConfig
 from probed.config.schema.framing import FramingConfig
-from probed.config.schema.scripting import SetupStepConfig
 from probed.connection import Session
 from probed.dial import Dialer
 from probed.speech import close_session, open_session
