@@ -24,10 +24,12 @@ from probed.app_framing import FramingClosed, SessionFraming, SetupFailed
 from probed.config import ReconnectConfig
 from probed.config.schema.framing import FramingConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
+from probed.matching import Filter, Matched
 from probed.metrics import SessionMetrics
 from probed.ratelimit import LogLimiter, log_limited
 from probed.redact import Redactor
 from probed.scripting import SetupScript
+from probed.template import Template
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
@@ -88,6 +90,25 @@ class Session:
     last_inbound_ns: int = field(default_factory=time.perf_counter_ns)
     draining: bool = False
     _inbox: deque[tuple[str | bytes, int]] = field(default_factory=deque)
+    # Application heartbeat answers: matched here and kept from the probe's own reading.
+    heartbeat_filter: Filter | None = None
+    _heartbeat_answer: asyncio.Event | None = None
+
+    def expect_heartbeat(self) -> asyncio.Event | None:
+        """An event set when the answer to the heartbeat about to be sent arrives."""
+        if self.heartbeat_filter is None:
+            return None
+        self._heartbeat_answer = asyncio.Event()
+        return self._heartbeat_answer
+
+    def _is_heartbeat_answer(self, data: str | bytes) -> bool:
+        if self.heartbeat_filter is None:
+            return False
+        if not isinstance(self.heartbeat_filter.classify(data), Matched):
+            return False
+        if self._heartbeat_answer is not None:
+            self._heartbeat_answer.set()
+        return True
 
     def redact(self, text: str) -> str:
         """A string from the network with every configured secret blanked out.
@@ -111,7 +132,10 @@ class Session:
         and an application message keeps its frame's arrival time.
         """
         if self.framing is None:
-            return await self.recv_frame()
+            while True:
+                data, arrived = await self.recv_frame()
+                if not self._is_heartbeat_answer(data):
+                    return data, arrived
         while not self._inbox:
             data, arrived = await self.recv_frame()
             try:
@@ -120,7 +144,9 @@ class Session:
                 raise ServerGone(exc.reason) from None
             for reply in replies:
                 await self.ws.send(reply)
-            self._inbox.extend((message, arrived) for message in messages)
+            self._inbox.extend(
+                (message, arrived) for message in messages if not self._is_heartbeat_answer(message)
+            )
         return self._inbox.popleft()
 
     async def send(self, data: str | bytes) -> None:
@@ -232,7 +258,10 @@ class Supervisor:
         self._handler = handler
         self._log = log if metrics.role is None else log.bind(role=metrics.role)
         self._cycle = cycle
-        self._script = SetupScript(endpoint.setup, variables or {}, self._log)
+        self._variables = dict(variables or {})
+        self._script = SetupScript(endpoint.setup, self._variables, self._log)
+        expect = self._cfg.keepalive.expect
+        self._heartbeat_filter = None if expect is None else expect.build()
         self._framing = endpoint.framing
         self._epoch = 0
         self._redactor = self._dialer.redactor
@@ -334,6 +363,7 @@ class Supervisor:
             epoch=self._epoch,
             started_ns=0,
             resume_handle=self.resume_handle,
+            heartbeat_filter=self._heartbeat_filter,
             redactor=self._redactor,
         )
         limit = self._cfg.connect_timeout
@@ -491,9 +521,11 @@ class Supervisor:
     async def _keepalive_message(self, session: Session) -> None:
         cfg = self._cfg.keepalive
         assert cfg.message is not None
+        template = Template(cfg.message)
         silence_ns = int((cfg.interval + cfg.timeout) * 1e9)
         interval_ns = int(cfg.interval * 1e9)
         next_send = time.perf_counter_ns() + interval_ns
+        seq = 0
         while True:
             # Wake for whichever comes first: the next keepalive, or the moment silence is a stall.
             wake = min(next_send, session.last_inbound_ns + silence_ns)
@@ -501,11 +533,29 @@ class Supervisor:
             now = time.perf_counter_ns()
             if now - session.last_inbound_ns >= silence_ns:
                 raise _Stalled(f"no data for {cfg.interval + cfg.timeout}s")
-            if now >= next_send:
-                next_send += interval_ns
+            if now < next_send:
+                continue
+            next_send += interval_ns
+            text = template.render(
+                {
+                    **self._variables,
+                    **session.variables,
+                    "seq": str(seq),
+                    "send_time": f"{time.time():.6f}",
+                }
+            )
+            seq += 1
+            answered = session.expect_heartbeat()
+            try:
+                async with asyncio.timeout(cfg.timeout):
+                    # Through the session: a framing (Socket.IO, GraphQL) wraps it too.
+                    await session.send(text)
+            except TimeoutError:
+                # The peer stopped reading: our writes back up although its data still flows.
+                raise _Stalled(f"keepalive not written within {cfg.timeout}s") from None
+            if answered is not None:
                 try:
                     async with asyncio.timeout(cfg.timeout):
-                        await session.ws.send(cfg.message)
+                        await answered.wait()
                 except TimeoutError:
-                    # The peer stopped reading: our writes back up although its data still flows.
-                    raise _Stalled(f"keepalive not written within {cfg.timeout}s") from None
+                    raise _Stalled(f"no heartbeat answer within {cfg.timeout}s") from None

@@ -35,7 +35,8 @@ from aiohttp import web
 from pydantic import Field, SecretStr, ValidationError
 
 from probed.config.errors import ConfigError, ConfigIssue, _line_of, _message_for
-from probed.config.schema.common import ReadableFile, StrictModel
+from probed.config.schema.common import ReadableFile
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _format_path, _LoadContext
 from probed.config.yaml_reader import BoundedLoader, _DocumentReader
 

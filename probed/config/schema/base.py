@@ -6,7 +6,7 @@ from typing import Final
 from pydantic import Field, field_validator
 
 from probed.config.durations import Seconds
-from probed.config.schema.common import StrictModel
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import _fail
 
 _NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"

@@ -14,9 +14,10 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
 from probed.config.files import FileRefused, read_secret
-from probed.config.schema.common import ConnectionConfig, ReadableFile, StrictModel, TlsConfig
+from probed.config.schema.common import ConnectionConfig, ReadableFile, TlsConfig
 from probed.config.schema.framing import FramingConfig
 from probed.config.schema.scripting import SetupStepConfig, check_steps
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail, _problems_error
 
 # RFC 9110 token: what a header name or a subprotocol may be made of.

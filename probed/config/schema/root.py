@@ -10,8 +10,8 @@ from pydantic import Field, create_model, field_validator
 from probed.config.defaults import accepted_keys
 from probed.config.durations import Seconds
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import StrictModel
 from probed.config.schema.probes import PROBE_KINDS, probe_union
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail, _problems_error
 from probed.labels import RESERVED_LABEL_NAMES
 
