@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
 from probed import __version__
 from probed.config import split_listen
@@ -20,9 +18,9 @@ _DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 
 async def _metrics(request: web.Request) -> web.Response:
     daemon = request.app[_DAEMON]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    # Rendering thousands of series is CPU work: off the loop, so it cannot taint measurements.
-    body = await asyncio.to_thread(encoder, daemon.exposition)
+    # Rendered incrementally, off the loop, one render shared by concurrent scrapers
+    # (probed/exposition.py): a scrape must not stall the probes' measurements.
+    body, content_type = await daemon.exposition.scrape(request.headers.get("Accept", ""))
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
