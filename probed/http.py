@@ -9,6 +9,7 @@ from aiohttp import web
 
 from probed import __version__
 from probed.config import split_listen
+from probed.exposition import chunks
 
 if TYPE_CHECKING:
     from probed.daemon import Daemon
@@ -16,12 +17,18 @@ if TYPE_CHECKING:
 _DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 
 
-async def _metrics(request: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.StreamResponse:
     daemon = request.app[_DAEMON]
-    # Rendered incrementally, off the loop, one render shared by concurrent scrapers
-    # (probed/exposition.py): a scrape must not stall the probes' measurements.
-    body, content_type = await daemon.exposition.scrape(request.headers.get("Accept", ""))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    # Rendered incrementally, on the loop in slices, one render shared by concurrent scrapers,
+    # and written in pieces (probed/exposition.py): a scrape must not stall the probes.
+    parts, content_type = await daemon.exposition.scrape(request.headers.get("Accept", ""))
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = sum(map(len, parts))
+    await response.prepare(request)
+    for chunk in chunks(parts):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def _healthy(_request: web.Request) -> web.Response:

@@ -9,6 +9,7 @@ is reported at once, in file order.
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 import yaml
 from pydantic import ValidationError
@@ -24,6 +25,10 @@ from probed.config.schema.root import Config, config_model
 from probed.config.validation import _format_path, _LoadContext
 from probed.config.yaml_reader import _DocumentReader
 
+# libyaml composes the same node tree (marks and all) about 12x faster than the pure-Python
+# scanner, which took 0.27 s of a 1,000-probe reload; fall back where PyYAML was built without it.
+_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def parse_config(
     text: str,
@@ -38,7 +43,7 @@ def parse_config(
     without it they are relative to the working directory.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, text)], source) from None
     reader = _DocumentReader(os.environ if env is None else env)
