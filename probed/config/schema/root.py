@@ -54,7 +54,8 @@ class GlobalConfig(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # A measurement taken while the event loop lagged more than this is tainted: kept out of the
     # latency histograms so a starved process raises a self-health alert, not a false SLO page.
-    loop_lag_threshold: Seconds = 0.05
+    # Independent of any SLO: a few ms, the most a kept measurement may be inflated by.
+    loop_lag_threshold: Seconds = 0.005
 
     @field_validator("listen")
     @classmethod
