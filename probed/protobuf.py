@@ -7,17 +7,12 @@ prometheus/client_model), and a protobuf runtime would be a heavy dependency for
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 VARINT, FIXED64, LENGTH_DELIMITED = 0, 1, 2
 
 
-_ONE_BYTE = [bytes([n]) for n in range(0x80)]
-
-
-def varint(n: int) -> bytes:
-    """Unsigned LEB128; negative int64 values take ten bytes, as protobuf writes them."""
-    if 0 <= n < 0x80:
-        return _ONE_BYTE[n]
+def _encode(n: int) -> bytes:
     if n < 0:
         n += 1 << 64
     out = bytearray()
@@ -26,6 +21,17 @@ def varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+# Counts and lengths are mostly small: encoded once, looked up after.
+_SMALL: Final = [_encode(n) for n in range(1 << 14)]
+
+
+def varint(n: int) -> bytes:
+    """Unsigned LEB128; negative int64 values take ten bytes, as protobuf writes them."""
+    if 0 <= n < 1 << 14:
+        return _SMALL[n]
+    return _encode(n)
 
 
 def zigzag(n: int) -> int:

@@ -150,8 +150,10 @@ class GaugeChild:
         self.value: float = 0
 
     def set(self, value: float) -> None:
-        self.value = value
-        self._family.version += 1
+        # probe_success is set on every reply: unchanged, it need not be rendered again.
+        if value != self.value:
+            self.value = value
+            self._family.version += 1
 
     def inc(self, amount: float = 1) -> None:
         self.value += amount
