@@ -171,6 +171,7 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         all_up_s = time.perf_counter() - started
         await asyncio.sleep(max(0.0, warmup - all_up_s))
         rss_per_session = (rss_kb() - rss_before) / count
+        gen2_before = gc.get_stats()[2]["collections"]
         quiet = await phase(daemon, seconds, lag)
         assert daemon.bound is not None
         http = f"http://{daemon.bound[0]}:{daemon.bound[1]}"
@@ -178,6 +179,7 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         scrape_task = asyncio.create_task(scraper(http, 5.0 if seconds >= 10 else 1.0, walls))
         scraped = await phase(daemon, seconds, lag)
         scrape_task.cancel()
+        gen2_after = gc.get_stats()[2]["collections"]
         # What a scrape costs in steady state: the previous scrape was a second ago.
         cpu: dict[str, float] = {}
         sizes: dict[str, int] = {}
@@ -218,6 +220,7 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         "reload_parse_ms": parse_ms,
         "reload_apply_ms": apply_ms,
         "gc_pauses_ms_over_1": sorted(round(ms, 1) for ms in gc_pauses if ms > 1)[-10:],
+        "gc_full_collections_measuring": gen2_after - gen2_before,
         "rss_per_session_kb": rss_per_session,
         "bare": json.loads(out.decode().strip().splitlines()[-1]),
     }
