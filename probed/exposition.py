@@ -110,13 +110,18 @@ def _label_pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
 class _FamilyCache:
     """A family's rendered series per format, valid for one (version, label epoch)."""
 
-    __slots__ = ("bucket_tails", "entries", "prefixes")
+    __slots__ = ("bucket_tails", "changing", "entries", "prefixes")
 
     def __init__(self) -> None:
         self.bucket_tails: list[bytes] | None = None
+        # Keyed by the body's format: text and OpenMetrics share their series lines.
         self.entries: dict[Format, tuple[int, int, bytes]] = {}
-        # epoch -> per child: text line prefixes (histograms: one per bucket) and label bytes
+        # epoch -> per child: text line prefixes (histograms: one per bucket) and label bytes.
+        # Kept only for families seen changing between renders (the latency histogram, message
+        # counters): most families never change after their first render, and their prefixes
+        # would cost more memory than the rendered bytes themselves.
         self.prefixes: tuple[int, dict[Labels, tuple[list[str], bytes]]] = (-1, {})
+        self.changing = False
 
 
 def _cache(family: Family) -> _FamilyCache:
@@ -152,7 +157,9 @@ def _prefixes(
         lines = [f"{family.name}_total{base} "]
     else:
         lines = [f"{family.name}{base} "]
-    found = table[labels] = (lines, _label_pairs(own))
+    found = (lines, _label_pairs(own))
+    if cache.changing:
+        table[labels] = found
     return found
 
 
@@ -243,9 +250,14 @@ def _render_protobuf(family: Family, ctx: _Context, cache: _FamilyCache) -> byte
 def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
     cache = _cache(family)
     version = family.version  # read before rendering: a change meanwhile renders again next time
+    if fmt is Format.OPENMETRICS:
+        fmt = Format.TEXT  # the same series lines; only the headers differ
     entry = cache.entries.get(fmt)
-    if entry is not None and entry[0] == version and entry[1] == ctx.epoch:
-        return entry[2]
+    if entry is not None:
+        if entry[0] == version and entry[1] == ctx.epoch:
+            return entry[2]
+        if entry[0] != version:
+            cache.changing = True
     body = (
         _render_protobuf(family, ctx, cache)
         if fmt is Format.PROTOBUF
