@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from probed import kinds, logs
+from probed import gcpolicy, kinds, logs
 from probed.config import Config, ConfigError, ProbeConfig, load_config
 from probed.http import start_http
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
@@ -81,6 +82,8 @@ class Daemon:
                 self._tg = tg
                 lag = tg.create_task(self.lag.run())
                 self._apply(self.config)
+                settle = max((p.stagger for p in self.config.probes), default=0.0) + 2.0
+                frozen = tg.create_task(gcpolicy.freeze_when_settled(settle))
                 self.ready.set()
                 sd_notify("READY=1")
                 self._log.info(
@@ -93,9 +96,11 @@ class Daemon:
                 self.ready.clear()
                 self._log.info("stopping: closing sessions")
                 lag.cancel()
+                frozen.cancel()
                 for name in list(self._running):
                     self._stop_probe(name)
         finally:
+            gc.unfreeze()  # hand the heap back whole to whoever embeds the daemon (tests)
             await runner.cleanup()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
