@@ -191,20 +191,22 @@ def _native_fields(h: HistogramChild) -> bytes:
         # A no-op span marks the histogram native while it has no observations yet.
         return b"".join([*parts, pb.bytes_field(12, pb.sint_field(1, 0) + pb.uint_field(2, 0))])
     spans: list[tuple[int, int]] = []  # (offset from the end of the previous span, length)
-    deltas: list[int] = []
-    previous_index, previous_count = None, 0
+    deltas: list[bytes] = []
+    previous_index, previous_count = indexes[0] - 1, 0
+    varint, zigzag = pb.varint, pb.zigzag
     for index in indexes:
-        if previous_index is None:
+        if not spans:
             spans.append((index, 1))
         elif index == previous_index + 1:
             spans[-1] = (spans[-1][0], spans[-1][1] + 1)
         else:
             spans.append((index - previous_index - 1, 1))
         count = native[index]
-        deltas.append(count - previous_count)
+        deltas.append(varint(zigzag(count - previous_count)))
         previous_index, previous_count = index, count
     parts += [pb.bytes_field(12, pb.sint_field(1, o) + pb.uint_field(2, n)) for o, n in spans]
-    parts += [pb.sint_field(13, d) for d in deltas]
+    # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
+    parts.append(pb.bytes_field(13, b"".join(deltas)))
     return b"".join(parts)
 
 
