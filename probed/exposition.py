@@ -107,6 +107,15 @@ def _label_pairs(pairs: Iterable[tuple[str, str]]) -> bytes:
     )
 
 
+class _Entry:
+    __slots__ = ("body", "epoch", "version")
+
+    def __init__(self) -> None:
+        self.version = -1
+        self.epoch = -1
+        self.body = b""
+
+
 class _FamilyCache:
     """A family's rendered series per format, valid for one (version, label epoch)."""
 
@@ -114,8 +123,10 @@ class _FamilyCache:
 
     def __init__(self) -> None:
         self.bucket_tails: list[bytes] | None = None
-        # Keyed by the body's format: text and OpenMetrics share their series lines.
-        self.entries: dict[Format, tuple[int, int, bytes]] = {}
+        # Per body format (text and OpenMetrics share their series lines): the rendered bytes
+        # and the (version, epoch) they render. Updated in place, not replaced, so that a scrape
+        # leaves no new long-lived objects behind for the collector's full passes to walk.
+        self.entries: list[_Entry | None] = [None, None]
         # epoch -> per child: text line prefixes (histograms: one per bucket) and label bytes.
         # Kept only for families seen changing between renders (the latency histogram, message
         # counters): most families never change after their first render, and their prefixes
@@ -252,20 +263,20 @@ def _render_protobuf(family: Family, ctx: _Context, cache: _FamilyCache) -> byte
 def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
     cache = _cache(family)
     version = family.version  # read before rendering: a change meanwhile renders again next time
-    if fmt is Format.OPENMETRICS:
-        fmt = Format.TEXT  # the same series lines; only the headers differ
-    entry = cache.entries.get(fmt)
-    if entry is not None:
-        if entry[0] == version and entry[1] == ctx.epoch:
-            return entry[2]
-        if entry[0] != version:
-            cache.changing = True
+    slot = 1 if fmt is Format.PROTOBUF else 0
+    entry = cache.entries[slot]
+    if entry is None:
+        entry = cache.entries[slot] = _Entry()
+    elif entry.version == version and entry.epoch == ctx.epoch:
+        return entry.body
+    elif entry.version != version:
+        cache.changing = True
     body = (
         _render_protobuf(family, ctx, cache)
         if fmt is Format.PROTOBUF
         else _render_text(family, ctx, cache)
     )
-    cache.entries[fmt] = (version, ctx.epoch, body)
+    entry.version, entry.epoch, entry.body = version, ctx.epoch, body
     return body
 
 
