@@ -176,7 +176,6 @@ class Daemon:
         assert self._tg is not None
         metrics = kinds.new_metrics(cfg, self.lag.tainted)
         self.exposition.add(metrics)
-        self.metrics.probe_restarts.labels(cfg.name)
         task = self._tg.create_task(self._supervise(cfg, metrics), name=f"probe:{cfg.name}")
         self._running[cfg.name] = (cfg, task)
 
@@ -184,7 +183,6 @@ class Daemon:
         _cfg, task = self._running.pop(name)
         task.cancel()
         self.exposition.remove(name)
-        self.metrics.probe_restarts.remove(name)
 
     async def _supervise(self, cfg: ProbeConfig, metrics: ProbeMetrics) -> None:
         loop = asyncio.get_running_loop()
@@ -199,7 +197,7 @@ class Daemon:
             except Exception:
                 if loop.time() - started > _RESTART_RESET_AFTER:
                     delay = _RESTART_INITIAL
-                self.metrics.probe_restarts.labels(cfg.name).inc()
+                metrics.restarts.inc()
                 metrics.status.error("probe crashed", "crash")
                 log.exception("probe crashed; restarting", restart_in_s=delay)
                 await asyncio.sleep(delay)

@@ -218,6 +218,14 @@ class ProbeMetrics:
             )
         )
         self.cert_expiry: Gauge | None = None  # wss:// only: a 0 would read as "expired"
+        # The daemon's count, kept with the probe: one series per probe, rendered (and dropped on
+        # removal) with the probe's other families instead of a thousand-sample daemon family.
+        self.restarts = reg.register(
+            Counter(
+                "probed_probe_restarts_total",
+                "Probe tasks that crashed and were restarted by the supervisor.",
+            )
+        )
         self.tainted_total = reg.register(
             Counter(
                 "probe_measurements_tainted_total",
@@ -363,7 +371,7 @@ class SessionMetrics:
 
 
 class DaemonMetrics:
-    """The daemon's own health: build, config reloads, event-loop lag, probe crashes."""
+    """The daemon's own health: build, config reloads, event-loop lag (probe crashes: per probe)."""
 
     def __init__(self) -> None:
         self.registry = reg = pc.CollectorRegistry(auto_describe=True)
@@ -387,12 +395,6 @@ class DaemonMetrics:
             "probed_event_loop_lag_seconds",
             "How late the event loop woke the lag sampler; high values taint measurements.",
             buckets=LOOP_LAG_BUCKETS,
-            registry=reg,
-        )
-        self.probe_restarts = pc.Counter(
-            "probed_probe_restarts_total",
-            "Probe tasks that crashed and were restarted by the supervisor.",
-            ["probe"],
             registry=reg,
         )
 

@@ -7,9 +7,9 @@ what changed since the last scrape, and give each latency histogram a sparse exp
 set (a Prometheus native histogram) beside its classic buckets, so percentiles are exact to a few
 per cent whatever the SLO boundaries are.
 
-Everything here runs on the event loop except rendering, which may run in a worker thread: it
-snapshots a family's children first and tolerates a count moving under it (the version it read
-before rendering is older than that change, so the next scrape renders it again).
+Everything here runs on the event loop. Rendering (probed/exposition.py) runs on it too, in
+slices; between slices counts move, which is fine: a family's rendering is stamped with the
+version read before it was rendered, so a change during a render is rendered by the next scrape.
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ def format_value(value: float) -> str:
 
 def escape_label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def label_text(names: Sequence[str], values: Sequence[str]) -> str:
-    return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
 
 
 class Family:

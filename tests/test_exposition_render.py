@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from probed.exposition import Format, negotiate
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.probes.messages import MessageMetrics
+from probed.series import native_index, native_upper_bound
 
 PROTOBUF = (
     "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"
@@ -106,3 +107,11 @@ async def test_concurrent_scrapers_share_one_render() -> None:
     assert len({b"".join(parts) for parts, _ in results}) == 1
     await exposition.scrape("text/plain")
     assert renders == 2  # a later scrape renders afresh: no stale answers
+
+
+def test_native_buckets_hold_their_values_and_are_2_percent_wide() -> None:
+    for value in (1e-6, 0.000317, 0.005, 0.04, 0.2009, 0.5, 1.0, 7.3, 30.0):
+        index = native_index(value)
+        lower, upper = native_upper_bound(index - 1), native_upper_bound(index)
+        assert lower < value <= upper * (1 + 1e-12)
+        assert upper / lower < 1.022
