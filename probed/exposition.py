@@ -189,14 +189,22 @@ def _render_text(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
     return ("\n".join(out) + "\n").encode() if out else b""
 
 
+# Fields every native histogram carries the same: schema and zero threshold.
+_NATIVE_HEAD: Final = pb.sint_field(5, NATIVE_SCHEMA) + pb.double_field(6, NATIVE_ZERO_THRESHOLD)
+_SPAN_KEY: Final = pb.key(12, pb.LENGTH_DELIMITED)
+_SPAN_OFFSET_KEY: Final = pb.key(1, pb.VARINT)
+_SPAN_LENGTH_KEY: Final = pb.key(2, pb.VARINT)
+
+
+def _span(offset: int, length: int) -> bytes:
+    body = _SPAN_OFFSET_KEY + pb.varint(pb.zigzag(offset)) + _SPAN_LENGTH_KEY + pb.varint(length)
+    return _SPAN_KEY + pb.varint(len(body)) + body
+
+
 def _native_fields(h: HistogramChild) -> bytes:
     native = h.native
     assert native is not None
-    parts = [
-        pb.sint_field(5, NATIVE_SCHEMA),
-        pb.double_field(6, NATIVE_ZERO_THRESHOLD),
-        pb.uint_field(7, h.zero),
-    ]
+    parts = [_NATIVE_HEAD, pb.uint_field(7, h.zero)]
     indexes = sorted(native)
     if not indexes:
         # A no-op span marks the histogram native while it has no observations yet.
@@ -215,7 +223,7 @@ def _native_fields(h: HistogramChild) -> bytes:
         count = native[index]
         deltas.append(varint(zigzag(count - previous_count)))
         previous_index, previous_count = index, count
-    parts += [pb.bytes_field(12, pb.sint_field(1, o) + pb.uint_field(2, n)) for o, n in spans]
+    parts += [_span(o, n) for o, n in spans]
     # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
     parts.append(pb.bytes_field(13, b"".join(deltas)))
     return b"".join(parts)
