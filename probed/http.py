@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
 
 from probed import lifecycle
 from probed.config import split_listen
+from probed.exposition import chunks
 from probed.httpguard import ConnectionGuard, HttpLimits
 from probed.statuspage import add_routes
 from probed.webconfig import BasicAuth
@@ -23,12 +23,18 @@ _GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard")
 _ALLOWED_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("allowed_hosts")
 
 
-async def _metrics(request: web.Request) -> web.Response:
+async def _metrics(request: web.Request) -> web.StreamResponse:
     daemon = request.app[_DAEMON]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    # Rendering thousands of series is CPU work: off the loop, so it cannot taint measurements.
-    body = await asyncio.to_thread(encoder, daemon.exposition)
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    # Rendered incrementally, on the loop in slices, one render shared by concurrent scrapers,
+    # and written in pieces (probed/exposition.py): a scrape must not stall the probes.
+    parts, content_type = await daemon.exposition.scrape(request.headers.get("Accept", ""))
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = sum(map(len, parts))
+    await response.prepare(request)
+    for chunk in chunks(parts):
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def _healthy(_request: web.Request) -> web.Response:

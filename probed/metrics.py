@@ -1,6 +1,6 @@
 """Every metric family probed exports, and the recorders that write them.
 
-This is the one place that imports prometheus_client. The session supervisor records through a
+The session supervisor records through a
 `SessionMetrics` (one per session a probe holds); each probe kind declares its own families in its
 own module through the factory methods of `ProbeMetrics` (`latency`, `counter`, ...), which give
 every latency histogram the probe's SLO thresholds as buckets and keep tainted measurements out.
@@ -8,7 +8,9 @@ Recorders also keep the probe's `ProbeStatus` (probed/status.py) current for peo
 
 Each probe gets its own registry so that removing or reconfiguring a probe drops exactly its series
 and so that each probe's latency histograms can carry its own SLO threshold as a bucket boundary.
-`Exposition` merges the registries at scrape time and adds the `probe` label and the configured
+Probe families are the lean, self-rendering ones of probed/series.py (a scrape must not stall the
+probes); the daemon's own few families stay prometheus_client's. `Exposition`
+(probed/exposition.py) merges them at scrape time and adds the `probe` label and the configured
 global labels to every series.
 """
 
@@ -20,22 +22,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final, TypeVar, cast
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-)
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+import prometheus_client as pc
 
 from probed import __version__
+from probed.exposition import Exposition
+from probed.series import Counter, Gauge, Histogram, Registry
 from probed.status import Event, ProbeStatus
 
+__all__ = ["DaemonMetrics", "Exposition", "Latency", "ProbeMetrics", "SessionMetrics"]
+
 # `_created` series double the series count and no alert or dashboard of ours reads them.
-disable_created_metrics()  # type: ignore[no-untyped-call]
+pc.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Latency buckets shared by every latency histogram. 0.05, 0.2, 0.5 and 1.0 are the product's SLO
 # thresholds (message delivery, STT, voice tool call): they must stay exact boundaries so that
@@ -147,7 +144,7 @@ class ProbeMetrics:
         tainted: TaintCheck = lambda _start, _end: False,
     ) -> None:
         self.name = name
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         self.tainted = tainted
         slo = tuple(slo_thresholds)
         self.status = ProbeStatus(name, kind, target, slo=slo)
@@ -157,35 +154,49 @@ class ProbeMetrics:
         role = ["role"] if self.roles else []
         reg = self.registry
 
-        Gauge(
-            "probe_info",
-            "Static facts about the probe; always 1.",
-            ["kind", "target", "adapter"],
-            registry=reg,
+        reg.register(
+            Gauge(
+                "probe_info",
+                "Static facts about the probe; always 1.",
+                ["kind", "target", "adapter"],
+            )
         ).labels(kind, target, adapter).set(1)
-        self._success = Gauge(
-            "probe_success",
-            "1 if the latest cycle met its expectations (sessions up, latest measurement in time).",
-            registry=reg,
+        self._success = reg.register(
+            Gauge(
+                "probe_success",
+                "1 if the latest cycle met its expectations"
+                " (sessions up, latest measurement in time).",
+            )
         )
         # Only phases a probe goes through get a series (no tls phase on ws://).
-        self.phase = Gauge(
-            "probe_connect_phase_seconds",
-            "Duration of each phase of the latest connect.",
-            ["phase", *role],
-            registry=reg,
+        self.phase = reg.register(
+            Gauge(
+                "probe_connect_phase_seconds",
+                "Duration of each phase of the latest connect.",
+                ["phase", *role],
+            )
         )
-        self.connect_errors = Counter(
-            "probe_connect_errors_total",
-            "Failed connection attempts by reason.",
-            ["reason", *role],
-            registry=reg,
+        self.connect_errors = reg.register(
+            Counter(
+                "probe_connect_errors_total",
+                "Failed connection attempts by reason.",
+                ["reason", *role],
+            )
         )
         self.cert_expiry: Gauge | None = None  # wss:// only: a 0 would read as "expired"
-        self.tainted_total = Counter(
-            "probe_measurements_tainted_total",
-            "Measurements withheld from latency histograms because the event loop lagged.",
-            registry=reg,
+        # The daemon's count, kept with the probe: one series per probe, rendered (and dropped on
+        # removal) with the probe's other families instead of a thousand-sample daemon family.
+        self.restarts = reg.register(
+            Counter(
+                "probed_probe_restarts_total",
+                "Probe tasks that crashed and were restarted by the supervisor.",
+            )
+        )
+        self.tainted_total = reg.register(
+            Counter(
+                "probe_measurements_tainted_total",
+                "Measurements withheld from latency histograms because the event loop lagged.",
+            )
         )
         for r in self.roles or [None]:
             for reason in CONNECT_ERROR_REASONS:
@@ -228,13 +239,16 @@ class ProbeMetrics:
         """
         histogram = self._family(
             name,
-            lambda: Histogram(name, documentation, buckets=self.buckets, registry=self.registry),
+            lambda: self.registry.register(
+                Histogram(name, documentation, buckets=self.buckets, native=True)
+            ),
         )
         return Latency(histogram, self, primary=primary)
 
     def histogram(self, name: str, documentation: str, buckets: Sequence[float]) -> Histogram:
         return self._family(
-            name, lambda: Histogram(name, documentation, buckets=buckets, registry=self.registry)
+            name,
+            lambda: self.registry.register(Histogram(name, documentation, buckets=buckets)),
         )
 
     def counter(
@@ -247,7 +261,7 @@ class ProbeMetrics:
         """A counter, with one bounded label whose values are created at zero up front."""
 
         def make() -> Counter:
-            made = Counter(name, documentation, [label] if label else [], registry=self.registry)
+            made = self.registry.register(Counter(name, documentation, [label] if label else []))
             for value in values:
                 made.labels(value)
             return made
@@ -255,7 +269,7 @@ class ProbeMetrics:
         return self._family(name, make)
 
     def gauge(self, name: str, documentation: str) -> Gauge:
-        return self._family(name, lambda: Gauge(name, documentation, registry=self.registry))
+        return self._family(name, lambda: self.registry.register(Gauge(name, documentation)))
 
     def _family(self, name: str, make: Callable[[], _F]) -> _F:
         found = self._families.get(name)
@@ -267,44 +281,47 @@ class ProbeMetrics:
 class _SessionFamilies:
     """The families of supervised sessions, shared by every session of one probe."""
 
-    def __init__(
-        self, reg: CollectorRegistry, buckets: tuple[float, ...], roles: tuple[str, ...]
-    ) -> None:
+    def __init__(self, reg: Registry, buckets: tuple[float, ...], roles: tuple[str, ...]) -> None:
         role = ["role"] if roles else []
-        self.open = Gauge(
-            "probe_connections_open", "Sessions currently usable.", role, registry=reg
+        self.open = reg.register(
+            Gauge("probe_connections_open", "Sessions currently usable.", role)
         )
-        self.connect_duration = Histogram(
-            "probe_connect_duration_seconds",
-            "Dial to usable: DNS, TCP, TLS, upgrade and application setup.",
-            role,
-            buckets=buckets,
-            registry=reg,
+        self.connect_duration = reg.register(
+            Histogram(
+                "probe_connect_duration_seconds",
+                "Dial to usable: DNS, TCP, TLS, upgrade and application setup.",
+                role,
+                buckets=buckets,
+            )
         )
-        self.disconnects = Counter(
-            "probe_disconnects_total",
-            "Sessions that ended, by how they ended.",
-            ["reason", *role],
-            registry=reg,
+        self.disconnects = reg.register(
+            Counter(
+                "probe_disconnects_total",
+                "Sessions that ended, by how they ended.",
+                ["reason", *role],
+            )
         )
-        self.close_codes = Counter(
-            "probe_close_codes_total",
-            "WebSocket close codes as received from the server.",
-            ["code", *role],
-            registry=reg,
+        self.close_codes = reg.register(
+            Counter(
+                "probe_close_codes_total",
+                "WebSocket close codes as received from the server.",
+                ["code", *role],
+            )
         )
-        self.reconnect = Histogram(
-            "probe_reconnect_duration_seconds",
-            "Session loss detected to usable again, backoff and application setup included.",
-            role,
-            buckets=buckets,
-            registry=reg,
+        self.reconnect = reg.register(
+            Histogram(
+                "probe_reconnect_duration_seconds",
+                "Session loss detected to usable again, backoff and application setup included.",
+                role,
+                buckets=buckets,
+            )
         )
-        self.start_ts = Gauge(
-            "probe_connection_start_timestamp_seconds",
-            "Wall-clock start of the current session.",
-            role,
-            registry=reg,
+        self.start_ts = reg.register(
+            Gauge(
+                "probe_connection_start_timestamp_seconds",
+                "Wall-clock start of the current session.",
+                role,
+            )
         )
         for r in roles or [None]:
             extra = [] if r is None else [r]
@@ -312,14 +329,6 @@ class _SessionFamilies:
                 self.open.labels(r)
             for reason in DISCONNECT_REASONS:
                 self.disconnects.labels(reason, *extra)
-
-
-_M = TypeVar("_M", Gauge, Histogram)
-
-
-def _child(family: _M, role: list[str]) -> _M:
-    # Families without a role label have no children: the family itself is the series.
-    return family.labels(*role) if role else family
 
 
 _SESSION_KEYS = itertools.count(1)
@@ -350,22 +359,23 @@ class SessionMetrics:
         p, f, role = self._p, self._f, self._role
         for name, seconds in phases.items():
             p.phase.labels(name, *role).set(seconds)
-        _child(f.connect_duration, role).observe(total)
+        f.connect_duration.labels(*role).observe(total)
         if reconnect is not None:
-            _child(f.reconnect, role).observe(reconnect)
+            f.reconnect.labels(*role).observe(reconnect)
             p.status.last_reconnect_s = reconnect
         p.status.session_up(phases, self.role or "", reconnect, key=self._key)
         if cert_expiry is not None:
             if p.cert_expiry is None:
-                p.cert_expiry = Gauge(
-                    "probe_tls_cert_expiry_timestamp_seconds",
-                    "Earliest certificate expiry seen in the server's chain.",
-                    registry=p.registry,
+                p.cert_expiry = p.registry.register(
+                    Gauge(
+                        "probe_tls_cert_expiry_timestamp_seconds",
+                        "Earliest certificate expiry seen in the server's chain.",
+                    )
                 )
             p.cert_expiry.set(cert_expiry)
-        _child(f.open, role).inc()
+        f.open.labels(*role).inc()
         now = time.time()
-        _child(f.start_ts, role).set(now)
+        f.start_ts.labels(*role).set(now)
         p.status.sessions_open += 1
         p.status.session_started = now
         p.status.connects += 1
@@ -381,7 +391,7 @@ class SessionMetrics:
         if close_code is not None:
             f.close_codes.labels(str(close_code), *role).inc()
         if self.connected:
-            _child(f.open, role).dec()
+            f.open.labels(*role).dec()
             p.status.sessions_open -= 1
         p.status.disconnects[reason] += 1
         detail = f"close {close_code}" if close_code is not None else ""
@@ -402,40 +412,34 @@ class SessionMetrics:
 
 
 class DaemonMetrics:
-    """The daemon's own health: build, config reloads, event-loop lag, probe crashes."""
+    """The daemon's own health: build, config reloads, event-loop lag (probe crashes: per probe)."""
 
     def __init__(self) -> None:
-        self.registry = reg = CollectorRegistry(auto_describe=True)
-        self._build = Gauge(
+        self.registry = reg = pc.CollectorRegistry(auto_describe=True)
+        self._build = pc.Gauge(
             "probed_build_info",
             "Build facts; always 1.",
             ["version", "python_version", "event_loop"],
             registry=reg,
         )
-        self.reload_ok = Gauge(
+        self.reload_ok = pc.Gauge(
             "probed_config_last_reload_successful",
             "1 if the latest config load succeeded.",
             registry=reg,
         )
-        self.reload_ts = Gauge(
+        self.reload_ts = pc.Gauge(
             "probed_config_last_reload_success_timestamp_seconds",
             "Wall-clock time of the latest successful config load.",
             registry=reg,
         )
-        self.loop_lag = Histogram(
+        self.loop_lag = pc.Histogram(
             "probed_event_loop_lag_seconds",
             "How late the event loop woke the lag sampler; high values taint measurements.",
             buckets=LOOP_LAG_BUCKETS,
             registry=reg,
         )
-        self.probe_restarts = Counter(
-            "probed_probe_restarts_total",
-            "Probe tasks that crashed and were restarted by the supervisor.",
-            ["probe"],
-            registry=reg,
-        )
         # process_*: RSS, CPU, open and max descriptors, start time, as every exporter has them.
-        ProcessCollector(registry=reg)
+        pc.ProcessCollector(registry=reg)
 
     def running_on(self, event_loop: str) -> None:
         self._build.clear()
@@ -445,43 +449,3 @@ class DaemonMetrics:
         self.reload_ok.set(1 if ok else 0)
         if ok:
             self.reload_ts.set(time.time())
-
-
-class Exposition(Collector):
-    """Merges the daemon's and every probe's registry into one exposition at scrape time."""
-
-    def __init__(self, daemon: DaemonMetrics) -> None:
-        self._daemon = daemon
-        self._probes: dict[str, ProbeMetrics] = {}
-        self.labels: dict[str, str] = {}
-
-    def add(self, probe: ProbeMetrics) -> None:
-        self._probes[probe.name] = probe
-
-    def remove(self, name: str) -> None:
-        self._probes.pop(name, None)
-
-    def probes(self) -> list[ProbeMetrics]:
-        return list(self._probes.values())
-
-    def collect(self) -> Iterable[Metric]:
-        # Snapshot first: a scrape may run in a worker thread while the loop adds probes.
-        probes = list(self._probes.values())
-        extra = dict(self.labels)
-        merged: dict[str, Metric] = {}
-
-        def absorb(families: Iterable[Metric], own: Mapping[str, str]) -> None:
-            for family in families:
-                into = merged.get(family.name)
-                if into is None:
-                    into = merged[family.name] = Metric(
-                        family.name, family.documentation, family.type, family.unit
-                    )
-                into.samples.extend(
-                    s._replace(labels={**own, **s.labels, **extra}) for s in family.samples
-                )
-
-        absorb(self._daemon.registry.collect(), {})
-        for probe in probes:
-            absorb(probe.registry.collect(), {"probe": probe.name})
-        return merged.values()

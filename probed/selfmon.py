@@ -13,46 +13,64 @@ from collections import deque
 from collections.abc import Callable
 
 _EPISODES_KEPT = 512
+_MIN_INTERVAL = 0.001
+_MAX_INTERVAL = 0.05
 
 
 class LagMonitor:
-    """Samples how late the loop wakes a sleeping task and remembers the lagging episodes."""
+    """Samples how late the loop wakes a sleeping task and remembers the lagging episodes.
+
+    The sampler sleeps half the threshold at a time, so any stall longer than the threshold
+    delays at least one wake-up by more than half the threshold (the stall may have begun up to
+    one interval before the wake-up was due). Such a wake-up records an episode reaching back one
+    interval before it was due, so the episode covers the whole stall and every measurement that
+    overlaps it is withheld: no stall longer than the threshold passes into a histogram unflagged,
+    whether or not the threshold is anywhere near the SLO.
+    """
 
     def __init__(
         self,
         threshold: float,
         *,
-        interval: float = 0.05,
+        interval: float | None = None,
         observe: Callable[[float], None] = lambda _lag: None,
     ) -> None:
         self.threshold = threshold
-        self.interval = interval
+        self._fixed_interval = interval
         self._observe = observe
-        # (start_ns, end_ns) of each wake-up that came later than the threshold.
+        # (start_ns, end_ns) of each stall that may have lasted longer than the threshold.
         self._episodes: deque[tuple[int, int]] = deque(maxlen=_EPISODES_KEPT)
         self._next_wake_ns: int | None = None
 
+    @property
+    def interval(self) -> float:
+        if self._fixed_interval is not None:
+            return self._fixed_interval
+        # Half the threshold, within what a timer can honour and what is worth waking for.
+        return min(_MAX_INTERVAL, max(_MIN_INTERVAL, self.threshold / 2))
+
     async def run(self) -> None:
-        interval_ns = int(self.interval * 1e9)
         while True:
+            interval = self.interval
+            interval_ns = int(interval * 1e9)
             expected = time.perf_counter_ns() + interval_ns
             self._next_wake_ns = expected
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(interval)
             woke = time.perf_counter_ns()
             lag_ns = max(0, woke - expected)
             self._observe(lag_ns / 1e9)
-            if lag_ns > self.threshold * 1e9:
-                self._episodes.append((expected, woke))
+            if lag_ns > self.threshold * 1e9 - interval_ns:
+                self._episodes.append((expected - interval_ns, woke))
 
     def tainted(self, start_ns: int, end_ns: int) -> bool:
-        """Whether the loop lagged beyond the threshold at any time in [start_ns, end_ns].
+        """Whether the loop may have stalled beyond the threshold at any time in [start, end].
 
         Also true while the sampler is overdue right now: the stall that delayed this measurement
         may not have been sampled yet, because the sampler waits behind the same stalled loop.
         """
         threshold_ns = self.threshold * 1e9
         if self._next_wake_ns is not None and time.perf_counter_ns() - self._next_wake_ns > (
-            threshold_ns
+            threshold_ns - self.interval * 1e9
         ):
             return True
         for ep_start, ep_end in reversed(self._episodes):

@@ -38,7 +38,7 @@ from probed.config.errors import ConfigError, ConfigIssue, _line_of, _message_fo
 from probed.config.schema.common import ReadableFile
 from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _format_path, _LoadContext
-from probed.config.yaml_reader import BoundedLoader, _DocumentReader
+from probed.config.yaml_reader import _DocumentReader, compose_bounded
 
 _MAX_FILE_BYTES: Final = 64 * 1024
 # Python's ssl cannot ask for a client certificate without verifying it, so the two
@@ -118,7 +118,7 @@ def load_web_config(path: str | Path) -> WebConfig:
         if len(raw) > _MAX_FILE_BYTES:
             raise ConfigError([ConfigIssue("", None, "larger than 64 KiB")], source)
         text = raw.decode("utf-8")
-        root = yaml.compose(text, Loader=BoundedLoader)
+        root = compose_bounded(text)
     except OSError as exc:
         issue = ConfigIssue("", None, f"cannot read the web config: {exc.strerror or exc}")
         raise ConfigError([issue], source) from None

@@ -461,7 +461,7 @@ def test_defaults() -> None:
     assert got.headers == {}
     assert got.request_headers() == {}
     assert Config().global_ == GlobalConfig(
-        listen="127.0.0.1:9464", labels={}, log_level="info", loop_lag_threshold=0.05
+        listen="127.0.0.1:9464", labels={}, log_level="info", loop_lag_threshold=0.005
     )
 
 

@@ -28,7 +28,7 @@ from probed.config.errors import (
 from probed.config.schema.probes import PROBE_KINDS, probe_union
 from probed.config.schema.root import Config, config_model, duplicate_name_problems
 from probed.config.validation import Loc, _format_path, _LoadContext
-from probed.config.yaml_reader import BoundedLoader, _DocumentReader, flow_nesting_problem
+from probed.config.yaml_reader import _DocumentReader, compose_bounded, flow_nesting_problem
 
 # A 1,000-probe config is a few hundred KiB and 10,000 probes fit; a larger file is a mistake (or
 # an attack) and would take many seconds and hundreds of MiB to parse.
@@ -79,7 +79,7 @@ def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path
     if flow is not None:
         raise ConfigError([ConfigIssue("", flow[0], f"invalid YAML: {flow[1]}")], source)
     try:
-        root = yaml.compose(text, Loader=BoundedLoader)
+        root = compose_bounded(text)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, text)], source) from None
     reader = _DocumentReader(os.environ if env is None else env)

@@ -34,33 +34,51 @@ class _TooLarge(Exception):
     pass
 
 
-class BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses to nest deeper than MAX_DEPTH or to build more than _MAX_NODES
-    nodes, with the line where it happens.
+# libyaml composes the same node tree (marks and all) about 12x faster than the pure-Python
+# composer (0.27 s of a 1,000-probe reload); PyYAML built without it falls back. libyaml itself
+# refuses nesting past 1,000 levels, so its recursion cannot exhaust the C stack.
+_FAST_LOADER: Final = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    PyYAML composes nested collections recursively: a few thousand `[` would otherwise end in
-    RecursionError, a traceback rather than an error that names a line.
+
+def compose_bounded(text: str) -> yaml.Node | None:
+    """The YAML node tree, refused (as a YAMLError with the line) if it nests deeper than
+    MAX_DEPTH or holds more than _MAX_NODES values.
+
+    Checked on the composed tree, iteratively: converting it recursively afterwards must neither
+    run out of stack nor spend minutes on a hostile file.
     """
-
-    _depth = 0
-    _nodes = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        self._depth += 1
-        self._nodes += 1
-        try:
-            if self._depth > MAX_DEPTH or self._nodes > _MAX_NODES:
-                event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
-                mark: Any = event.start_mark
-                problem = (
-                    f"values nest deeper than {MAX_DEPTH} levels"
-                    if self._depth > MAX_DEPTH
-                    else f"more than {_MAX_NODES} values in the file"
-                )
-                raise yaml.composer.ComposerError(None, None, problem, mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
+    try:
+        root: yaml.Node | None = yaml.compose(text, Loader=_FAST_LOADER)
+    except yaml.YAMLError:
+        if _FAST_LOADER is yaml.SafeLoader:
+            raise
+        # libyaml words its errors differently; the pure-Python scanner's words are the ones the
+        # hints (and people's search engines) know. Errors are rare: the second pass is cheap.
+        yaml.compose(text, Loader=yaml.SafeLoader)
+        raise
+    if root is None:
+        return None
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if id(node) in seen:
+            continue  # an alias: its own nodes are counted once (expansion is bounded later)
+        seen.add(id(node))
+        problem = None
+        if depth > MAX_DEPTH:
+            problem = f"values nest deeper than {MAX_DEPTH} levels"
+        elif len(seen) > _MAX_NODES:
+            problem = f"more than {_MAX_NODES} values in the file"
+        if problem is not None:
+            raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, depth + 1) for item in node.value)
+    return root
 
 
 # PyYAML's scanner slows down with every open flow collection ([ or {) on a line: deep flow

@@ -68,9 +68,10 @@ class GlobalConfig(StrictModel):
     # A measurement taken while the event loop lagged more than this is tainted: kept out of the
     # latency histograms so a starved process raises a self-health alert, not a false SLO page.
     loop_lag_threshold: Seconds = Field(
-        default=0.05,
+        default=0.005,
         description="a measurement taken while the event loop lagged more is tainted: counted "
-        "in probe_measurements_tainted_total, kept out of the latency histograms",
+        "in probe_measurements_tainted_total, kept out of the latency histograms. Independent "
+        "of any SLO: a few ms, the most a kept measurement may be inflated by",
     )
 
     @field_validator("listen")

@@ -1,0 +1,82 @@
+"""The floor: a bare uvloop + websockets client holding N sessions, one message a second each.
+
+Run beside probed against the same echo server; prints one JSON line with its RTT percentiles and
+memory per session, so the benchmark can say how much probed adds on top of the bare minimum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import sys
+import time
+
+import uvloop
+from websockets.asyncio.client import connect
+
+
+def rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+async def session(url: str, interval: float, rtts: list[float], stop: asyncio.Event) -> None:
+    async with connect(url, compression=None) as ws:
+        sent: dict[str, int] = {}
+
+        async def reader() -> None:
+            async for msg in ws:
+                now = time.perf_counter_ns()
+                start = sent.pop(str(msg), None)
+                if start is not None:
+                    rtts.append((now - start) / 1e6)
+
+        task = asyncio.create_task(reader())
+        await asyncio.sleep(random.uniform(0, interval))
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        seq = 0
+        while not stop.is_set():
+            key = f"bare-{seq}"
+            seq += 1
+            sent[key] = time.perf_counter_ns()
+            await ws.send(key)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+        task.cancel()
+
+
+async def main(url: str, count: int, warmup: float, measure: float) -> None:
+    before = rss_kb()
+    rtts: list[float] = []
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(session(url, 1.0, rtts, stop)) for _ in range(count)]
+    await asyncio.sleep(warmup)
+    after = rss_kb()
+    rtts.clear()
+    await asyncio.sleep(measure)
+    window = sorted(rtts)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    def pct(q: float) -> float:
+        return window[min(len(window) - 1, int(q * len(window)))] if window else float("nan")
+
+    print(
+        json.dumps(
+            {
+                "samples": len(window),
+                "rtt_p50_ms": pct(0.5),
+                "rtt_p99_ms": pct(0.99),
+                "rss_per_session_kb": (after - before) / count,
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    url, n, warm, meas = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    uvloop.run(main(url, n, warm, meas))
