@@ -20,6 +20,7 @@ from probed.config.schema.echo import EchoProbeConfig
 from probed.config.schema.fanout import FanoutProbeConfig
 from probed.config.schema.http import HttpProbeConfig
 from probed.config.schema.probes import register_model, unregister_model
+from probed.config.schema.webrtc import WebRtcProbeConfig
 
 if TYPE_CHECKING:
     from probed.metrics import ProbeMetrics, TaintCheck
@@ -59,6 +60,7 @@ BUILT_IN: Final = (
     Kind(EchoProbeConfig, "probed.probes.echo:EchoProbe"),
     Kind(HttpProbeConfig, "probed.probes.http:HttpProbe"),
     Kind(FanoutProbeConfig, "probed.probes.fanout:FanoutProbe", roles=("publisher", "subscriber")),
+    Kind(WebRtcProbeConfig, "probed.probes.webrtc:WebRtcProbe"),
 )
 
 _KINDS: dict[str, Kind] = {}

@@ -247,8 +247,12 @@ class ProbeMetrics:
 
         return self._family(name, make)
 
-    def gauge(self, name: str, documentation: str) -> Gauge:
-        return self._family(name, lambda: Gauge(name, documentation, registry=self.registry))
+    def gauge(self, name: str, documentation: str, label: str | None = None) -> Gauge:
+        """A gauge, optionally with one bounded label (no series until a value is set)."""
+        return self._family(
+            name,
+            lambda: Gauge(name, documentation, [label] if label else [], registry=self.registry),
+        )
 
     def _family(self, name: str, make: Callable[[], _F]) -> _F:
         found = self._families.get(name)
