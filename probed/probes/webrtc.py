@@ -369,7 +369,7 @@ class WebRtcProbe:
             )
             try:
                 ok = await self._one_echo(session) if session.echoing else True
-                stats = await session.stats()
+                stats = await self._first_rtcp(session)
                 self._log.info(
                     "rtcp",
                     rtt_ms=None if stats.rtt is None else round(stats.rtt * 1e3, 2),
@@ -385,6 +385,17 @@ class WebRtcProbe:
                 await session.close()
                 if session.delete_result is not None:
                     self._log.warning("WHIP DELETE failed", reason=session.delete_result)
+
+    async def _first_rtcp(self, session: WebRtcSession) -> RtcpStats:
+        """The statistics once the far end has reported on our stream (up to 2 s: reports go
+        out every 0.5 to 1.5 s), or as they are."""
+        stats = await session.stats()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                while stats.rtt is None and session.failure is None:
+                    await asyncio.sleep(0.1)
+                    stats = await session.stats()
+        return stats
 
     async def _one_echo(self, session: WebRtcSession) -> bool:
         # The first signal leaves within one interval; its echo is decided a timeout later.
