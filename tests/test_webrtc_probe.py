@@ -169,7 +169,7 @@ async def test_broken_endpoints_are_connect_errors_retried_with_backoff(
     assert d.count("probed_probe_restarts_total", probe="gone") == 0
 
 
-async def test_lost_sessions_are_classified_and_reconnected(
+async def test_a_stalled_session_is_classified_and_reconnected(
     reflect: WhipTarget, start_daemon: StartDaemon
 ) -> None:
     d = await start_daemon(config(webrtc_yaml(reflect.url)))
@@ -178,18 +178,44 @@ async def test_lost_sessions_are_classified_and_reconnected(
     await wait_until(
         lambda: d.count("probe_disconnects_total", probe="rtc", reason="stalled") >= 1, within=15
     )
+    assert d.value("probe_success", probe="rtc") == 0
     reflect.muted = False
+    await wait_until(
+        lambda: d.count("probe_reconnect_duration_seconds_count", probe="rtc") >= 1, within=15
+    )
+    await wait_until(lambda: d.value("probe_success", probe="rtc") == 1, within=15)
+    assert d.count("probed_probe_restarts_total", probe="rtc") == 0
+
+
+async def test_a_far_end_that_drops_the_peer_is_a_reset(
+    reflect: WhipTarget, start_daemon: StartDaemon
+) -> None:
+    # media_timeout well above how long aiortc takes to see the peer connection end.
+    yaml = webrtc_yaml(reflect.url).replace("media_timeout: 1s", "media_timeout: 5s")
+    d = await start_daemon(config(yaml))
     await wait_until(lambda: d.value("probe_connections_open", probe="rtc") == 1, within=15)
     await reflect.drop_sessions()  # the far end restarts under us
     await wait_until(
         lambda: d.count("probe_disconnects_total", probe="rtc", reason="reset") >= 1, within=15
     )
     await wait_until(
-        lambda: d.count("probe_reconnect_duration_seconds_count", probe="rtc") >= 2, within=15
+        lambda: d.count("probe_reconnect_duration_seconds_count", probe="rtc") >= 1, within=15
     )
     await wait_until(lambda: d.value("probe_connections_open", probe="rtc") == 1, within=15)
-    assert d.count("probe_webrtc_setup_seconds_count", probe="rtc") == 3
-    assert d.count("probed_probe_restarts_total", probe="rtc") == 0
+    assert d.count("probe_webrtc_setup_seconds_count", probe="rtc") == 2
+    assert d.count("probe_disconnects_total", probe="rtc", reason="stalled") == 0
+
+
+async def test_churn_sets_up_a_new_session_at_once(
+    reflect: WhipTarget, start_daemon: StartDaemon
+) -> None:
+    d = await start_daemon(config(webrtc_yaml(reflect.url, extra="    churn: 1s\n")))
+    await wait_until(
+        lambda: d.count("probe_webrtc_setup_seconds_count", probe="rtc") >= 3, within=15
+    )
+    assert d.count("probe_disconnects_total", probe="rtc", reason="churn") >= 2
+    assert reflect.deletes >= 2  # each churned session was deleted, not abandoned
+    await wait_until(lambda: d.value("probe_success", probe="rtc") == 1)
 
 
 async def test_reload_keeps_an_unchanged_webrtc_probe(

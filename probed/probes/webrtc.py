@@ -236,6 +236,8 @@ class WebRtcProbe:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_SHUTDOWN_CLOSE if reason == "shutdown" else None):
                     await session.close()
+            # Jitter is a property of a live stream: no stale figure while the probe is down.
+            self._jitter.clear()
             self._session_metrics.disconnected(
                 reason, None, self._redact(str(session.failure or ""))
             )
@@ -260,10 +262,10 @@ class WebRtcProbe:
         return "error"
 
     async def _measure(self, session: WebRtcSession) -> None:
-        with contextlib.suppress(WebRtcError):  # the loss itself is seen through wait_failed()
+        # echoes() ends (or raises) only once the session has failed, which _why() reads.
+        with contextlib.suppress(WebRtcError):
             async for measurement in session.echoes():
                 self._record_echo(measurement)
-        await asyncio.Future()  # echoes() ended: only close() does that, which ends this task too
 
     def _record_echo(self, m: EchoMeasurement) -> None:
         self._echoes.labels(m.outcome.value).inc()
