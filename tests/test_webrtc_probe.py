@@ -169,6 +169,22 @@ async def test_broken_endpoints_are_connect_errors_retried_with_backoff(
     assert d.count("probed_probe_restarts_total", probe="gone") == 0
 
 
+async def test_retry_after_of_a_refusing_endpoint_is_honoured(
+    reflect: WhipTarget, start_daemon: StartDaemon
+) -> None:
+    reflect.refuse(503, retry_after=1)
+    d = await start_daemon(config(webrtc_yaml(reflect.url)))
+
+    def errors() -> float:
+        return d.count("probe_connect_errors_total", probe="rtc", reason="http_503")
+
+    await wait_until(lambda: errors() >= 1)
+    first = time.monotonic()
+    await wait_until(lambda: errors() >= 2)
+    # Without Retry-After the next attempt would come 50 to 200 ms later (reconnect policy).
+    assert time.monotonic() - first >= 0.9
+
+
 async def test_a_stalled_session_is_classified_and_reconnected(
     reflect: WhipTarget, start_daemon: StartDaemon
 ) -> None:

@@ -161,7 +161,8 @@ class WebRtcProbe:
                 except Exception as exc:
                     error = self._classify(exc)
                     attempt += 1
-                    delay = self._backoff.delay(attempt)
+                    # A refusing endpoint's Retry-After is honoured, as for WebSocket dials.
+                    delay = self._backoff.delay(attempt, error.retry_after)
                     self._session_metrics.connect_failed(error.reason, self._redact(str(error)))
                     self._log.warning(
                         "connect failed",
