@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config,
             config_path=Path(args.config),
             listen=args.listen,
+            log_level=args.log_level,
             shard=shard,
         )
         await daemon.run()
@@ -97,6 +98,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     names = ", ".join(p.name for p in config.probes) or "none"
     print(f"{args.config}: OK, {len(config.probes)} probe(s): {names}")
+    if not config.probes:
+        print(
+            f"probed check: warning: {args.config} has no probes; `probed run` would start and "
+            "measure nothing (add entries under probes:)",
+            file=sys.stderr,
+        )
     return _print_shard(args, config)
 
 
@@ -117,29 +124,38 @@ def _print_shard(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_once(args: argparse.Namespace) -> int:
     from probed import kinds
+    from probed.debugrun import OnceResult, report, report_json
 
     config = _load(args.config)
     if config is None:
         return 1
     selected = [p for p in config.probes if args.probe in (None, p.name)]
     if not selected:
-        print(f"probed once: no probe named {args.probe!r}", file=sys.stderr)
+        if not config.probes:
+            print(f"probed once: {args.config} has no probes", file=sys.stderr)
+        else:
+            print(f"probed once: no probe named {args.probe!r}", file=sys.stderr)
         return 1
-    logs.configure("debug", json=_json_logs(args), timeline=True)
+    # The report goes to stdout; logs only when asked for, on stderr, so --json stays parseable.
+    logs.configure(args.log_level or "critical", json=_json_logs(args), stream=sys.stderr)
 
-    async def main() -> bool:
-        ok = True
+    async def main() -> list[OnceResult]:
+        results = []
         for cfg in selected:
             metrics = kinds.new_metrics(cfg)
             log = logs.get(probe=cfg.name)
             log.info("probing", kind=cfg.kind, target=cfg.target)
             passed = await kinds.build(cfg, metrics, log).once()
             (log.info if passed else log.error)("result", success=passed)
-            ok = ok and passed
-        return ok
+            results.append(OnceResult(metrics.status, passed))
+        return results
 
-    ok = _run_loop(main())
-    return 0 if ok else 1
+    results = _run_loop(main())
+    if args.json:
+        print(json.dumps(report_json(results), indent=2))
+    else:
+        print(report(results))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -174,13 +190,46 @@ TARGETS: dict[str, tuple[str, str]] = {
         "probed.targets.whip",
         "WHIP endpoint echoing WebRTC audio, with faults (needs the webrtc extra)",
     ),
+    "stt": (
+        "probed.targets.stt",
+        "streaming speech-to-text emulator: deepgram, assemblyai or generic",
+    ),
+    "voice": (
+        "probed.targets.voice",
+        "realtime voice-agent emulator: gemini or openai (tool calls, go-away, barge-in)",
+    ),
 }
+
+
+EPILOG = """\
+examples:
+  probed demo                           reference targets on loopback, probed, a live table
+  probed check -c probed.yaml           validate a config: every error with its file and line
+  probed once -c probed.yaml            each probe once, with a timeline; exit 1 on failure
+  probed once -c probed.yaml --json     the same as one JSON document
+  probed run -c probed.yaml             the daemon
+  (example configs, one per probe kind: examples/ in the source tree)
+
+signals (probed run):
+  SIGTERM, SIGINT    close sessions (close code 1001) and exit 0
+  SIGHUP             reload the config; unchanged probes keep their sessions, a bad file
+                     keeps the running config
+
+HTTP endpoints (probed run, at global.listen or --listen):
+  /                  status page: every probe, its state, latency vs SLO, recent failures
+  /api/v1/probes     the same as JSON (/api/v1/probes/NAME for one probe)
+  /metrics           Prometheus metrics
+  /-/healthy         liveness        /-/ready   readiness (probes started)
+  /-/reload          POST or PUT: reload the config, like SIGHUP
+"""
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="probed",
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"probed {__version__}")
     # Accepted before or after the subcommand: `probed --log-format json run` and `run --log-...`.
@@ -207,6 +256,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         return made
 
     run = add("run", "run the daemon")
+    run.epilog = EPILOG.split("\n\n", 1)[1]  # signals and endpoints
+    run.formatter_class = argparse.RawDescriptionHelpFormatter
     # The Prometheus exporters' flag names too, so existing runbooks and manifests carry over.
     run.add_argument(
         "-c", "--config", "--config.file", dest="config", required=True, help="YAML config file"
@@ -223,6 +274,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         "--log.level",
         dest="log_level",
         choices=("debug", "info", "warning", "error"),
+        help="log level: overrides global.log_level, also across reloads (default: the config's)",
     )
     run.add_argument(
         "--shard",
@@ -246,8 +298,23 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")
-    once.add_argument("-c", "--config", "--config.file", dest="config", required=True)
-    once.add_argument("--probe", help="only this probe")
+    once.add_argument(
+        "-c",
+        "--config",
+        "--config.file",
+        dest="config",
+        required=True,
+        help="YAML config file whose probes to run once",
+    )
+    once.add_argument("--probe", help="only this probe (by name)")
+    once.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the timeline"
+    )
+    once.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="also print the probes' logs at this level, on stderr (default: none)",
+    )
     once.set_defaults(func=cmd_once)
 
     demo = add("demo", "reference targets on loopback plus the daemon probing them")

@@ -46,9 +46,11 @@ class Daemon:
         *,
         config_path: Path | None = None,
         listen: str | None = None,
+        log_level: str | None = None,
         shard: Shard | None = None,
     ) -> None:
         self.config = config
+        self._log_level_override = log_level
         self.shard = shard
         self._path = config_path
         self._listen_override = listen
@@ -92,6 +94,7 @@ class Daemon:
                     listen=f"http://{self.bound[0]}:{self.bound[1]}",
                     probes=len(self._running),
                 )
+                self._warn_if_empty(self.config)
                 await self._stop.wait()
                 sd_notify("STOPPING=1")
                 self.ready.clear()
@@ -131,24 +134,38 @@ class Daemon:
             config = load_config(self._path)
         except ConfigError as exc:
             self.metrics.config_loaded(False)
-            self._log.error(
-                "reload failed; keeping the running config", errors=[str(i) for i in exc.issues]
-            )
+            self._log.error("reload failed; keeping the running config", errors=exc.lines())
             sd_notify("READY=1")
             return False, str(exc)
-        summary = self._apply(config)
+        changes = self._apply(config)
         self.metrics.config_loaded(True)
-        self._log.info("config reloaded", **summary)
+        # Counts for dashboards and alerts on log volume, names for the person reading.
+        self._log.info(
+            "config reloaded",
+            **{k: len(v) for k, v in changes.items()},
+            **{f"{k}_probes": v for k, v in changes.items() if v and k != "kept"},
+        )
+        self._warn_if_empty(config)
         sd_notify("READY=1")
-        return True, ", ".join(f"{k}: {v}" for k, v in summary.items())
+        return True, ", ".join(
+            f"{k}: {len(v)}" + (f" ({', '.join(v)})" if v and k != "kept" else "")
+            for k, v in changes.items()
+        )
+
+    def _warn_if_empty(self, config: Config) -> None:
+        if not config.probes:
+            self._log.warning(
+                "the config has no probes: nothing is being measured",
+                config=str(self._path) if self._path else None,
+            )
 
     def _refuse_reload(self, why: str) -> tuple[bool, str]:
         self._log.warning("reload refused", why=why)
         return False, why
 
-    def _apply(self, config: Config) -> dict[str, int]:
+    def _apply(self, config: Config) -> dict[str, list[str]]:
         g = config.global_
-        logs.set_level(g.log_level)
+        logs.set_level(self._log_level_override or g.log_level)
         self.exposition.labels = dict(g.labels)
         self.lag.threshold = g.loop_lag_threshold
         if self._listen_override is None and g.listen != self.listen:
@@ -159,24 +176,24 @@ class Daemon:
             )
         mine = config.probes if self.shard is None else self.shard.select(config.probes)
         wanted = {p.name: p for p in mine}
-        counts = {"kept": 0, "started": 0, "restarted": 0, "stopped": 0}
+        changes: dict[str, list[str]] = {"kept": [], "started": [], "restarted": [], "stopped": []}
         for name in list(self._running):
             if name not in wanted:
                 self._stop_probe(name)
-                counts["stopped"] += 1
+                changes["stopped"].append(name)
         for name, cfg in wanted.items():
             current = self._running.get(name)
             if current is not None and current[0] == cfg:
-                counts["kept"] += 1
+                changes["kept"].append(name)
                 continue
             if current is not None:
                 self._stop_probe(name)
-                counts["restarted"] += 1
+                changes["restarted"].append(name)
             else:
-                counts["started"] += 1
+                changes["started"].append(name)
             self._start_probe(cfg)
         self.config = config
-        return counts
+        return changes
 
     # -- probes --------------------------------------------------------------------------------
 

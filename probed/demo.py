@@ -19,6 +19,7 @@ from probed.status import RECENT, ProbeStatus
 from probed.targets.echo import EchoTarget
 from probed.targets.proxy import FaultProxy
 from probed.targets.pubsub import PubSubTarget
+from probed.targets.stt import SttTarget
 
 DEMO_LISTEN = "127.0.0.1:9464"
 _SUMMARY_EVERY = 5.0
@@ -75,6 +76,15 @@ probes:
       match:
         json: id
         where: {{type: message}}
+  # Speech-to-text: fixture speech at real-time pace to a Deepgram-protocol emulator (fast
+  # mode: it endpoints on energy and answers with the fixture's transcript, 150 ms later).
+  - name: stt-deepgram
+    kind: speech
+    adapter: deepgram
+    url: {stt}
+    interval: 4s
+    end_of_speech: flush
+    fixtures: [lights_on, run_tests, weather_question, create_function]
   # The HTTP API beside the realtime service (here: the echo target's status endpoint).
   - name: api-status
     kind: http
@@ -110,11 +120,15 @@ def _fmt_age(seconds: float | None) -> str:
 
 
 def summary(probes: list[ProbeStatus], out: TextIO) -> None:
+    """The live table. p50, p99 and "in SLO" are over the latest replies; counts since start."""
+    groups = (
+        f"{'':<12} {'session':<10} {f'-- latest {RECENT} replies --':^32} {'-- since start --':^21}"
+    )
     header = (
         f"{'probe':<12} {'state':<5} {'age':>4} {'p50':>8} {'p99':>8} {'SLO':>6} {'in SLO':>7} "
-        f"{'sent':>6} {'lost':>5} {'reconn':>7}  disconnects"
+        f"{'sent':>6} {'lost':>5} {'reconn':>8}  disconnects"
     )
-    lines = [header]
+    lines = [groups, header]
     for p in probes:
         cuts = p.percentiles()
         within = p.within_slo()
@@ -124,7 +138,7 @@ def summary(probes: list[ProbeStatus], out: TextIO) -> None:
             f"{_fmt_ms(cuts[0] if cuts else None):>8} {_fmt_ms(cuts[1] if cuts else None):>8} "
             f"{_fmt_ms(p.slo[0] if p.slo else None):>6} "
             f"{'-' if within is None else f'{within:.0%}':>7} "
-            f"{p.sent:>6} {p.lost:>5} {_fmt_ms(p.last_reconnect_s):>7}  {disconnects}"
+            f"{p.sent:>6} {p.lost:>5} {_fmt_ms(p.last_reconnect_s):>8}  {disconnects}"
         )
     print("\n".join(lines) + "\n", file=out, flush=True)
 
@@ -136,6 +150,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         EchoTarget(delay=0.04, jitter=0.02) as slow,
         EchoTarget() as behind_proxy,
         PubSubTarget(delay=0.01, jitter=0.005, chatter_interval=1.0) as room,
+        SttTarget("deepgram", fast=True, delay=0.15, jitter=0.03) as stt,
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
         contextlib.AsyncExitStack() as stack,
     ):
@@ -145,6 +160,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             proxied=f"ws://127.0.0.1:{proxy.port}/ws",
             api=f"{fast.control_url}status",
             room=room.url,
+            stt=stt.url,
         )
         if not webrtc_extra_missing():
             from probed.targets.whip import EchoMode, WhipTarget
@@ -172,10 +188,12 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         host, port = daemon.bound
         print(
             f"probed {__version__} demo: probing reference targets on loopback.\n"
+            f"  status:   http://{host}:{port}/  (every probe, recent failures)\n"
             f"  metrics:  http://{host}:{port}/metrics\n"
             f"  config:   (embedded, below)\n\n{text}\n"
             f"Summary every 5 s: p50, p99 and in SLO over the latest {RECENT} replies; age of the\n"
-            "session; sent, lost and disconnects since start; reconn: the latest reconnect time.\n"
+            "current session; sent, lost, disconnects since start; reconn: the latest reconnect\n"
+            "took this long (loss detected to usable again).\n"
             "Ctrl-C to stop.\n",
             file=out,
             flush=True,

@@ -1,16 +1,15 @@
-"""The daemon's HTTP face: /metrics, health and readiness, reload, and a small index page."""
+"""The daemon's HTTP face: /metrics, health and readiness, reload, the status page and API."""
 
 from __future__ import annotations
 
 import asyncio
-import html
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from probed import __version__
 from probed.config import split_listen
+from probed.statuspage import add_routes
 
 if TYPE_CHECKING:
     from probed.daemon import Daemon
@@ -43,25 +42,10 @@ async def _reload(request: web.Request) -> web.Response:
     return web.Response(status=500, text=f"config reload failed; running config kept:\n{message}\n")
 
 
-async def _index(request: web.Request) -> web.Response:
-    daemon = request.app[_DAEMON]
-    rows = "".join(
-        f"<li>{html.escape(p.status.name)} ({html.escape(p.status.kind)}): "
-        f"{'up' if p.status.up else 'down'}</li>"
-        for p in daemon.exposition.probes()
-    )
-    body = (
-        f"<html><head><title>probed</title></head><body><h1>probed {__version__}</h1>"
-        '<p><a href="/metrics">/metrics</a> · <a href="/-/healthy">/-/healthy</a> · '
-        f'<a href="/-/ready">/-/ready</a></p><ul>{rows}</ul></body></html>'
-    )
-    return web.Response(text=body, content_type="text/html")
-
-
 def make_app(daemon: Daemon) -> web.Application:
     app = web.Application()
     app[_DAEMON] = daemon
-    app.router.add_get("/", _index)
+    add_routes(app, daemon)  # the status page at / and the JSON API under /api/v1/
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)

@@ -20,6 +20,7 @@ from probed.config.schema.echo import EchoProbeConfig
 from probed.config.schema.fanout import FanoutProbeConfig
 from probed.config.schema.http import HttpProbeConfig
 from probed.config.schema.probes import register_model, unregister_model
+from probed.config.schema.speech import SpeechProbeConfig
 from probed.config.schema.webrtc import WebRtcProbeConfig
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ BUILT_IN: Final = (
     Kind(EchoProbeConfig, "probed.probes.echo:EchoProbe"),
     Kind(HttpProbeConfig, "probed.probes.http:HttpProbe"),
     Kind(FanoutProbeConfig, "probed.probes.fanout:FanoutProbe", roles=("publisher", "subscriber")),
+    Kind(SpeechProbeConfig, "probed.probes.speech:SpeechProbe"),
     Kind(WebRtcProbeConfig, "probed.probes.webrtc:WebRtcProbe"),
 )
 
@@ -92,6 +94,7 @@ def new_metrics(cfg: ProbeConfig, tainted: TaintCheck | None = None) -> ProbeMet
         cfg.name,
         kind=cfg.kind,
         target=cfg.target,
+        adapter=cfg.adapter_label,
         slo_thresholds=cfg.slo_thresholds(),
         roles=_KINDS[cfg.kind].roles,
     )

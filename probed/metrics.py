@@ -14,6 +14,7 @@ global labels to every series.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -198,6 +199,7 @@ class ProbeMetrics:
         self.connect_errors.labels(reason, *([] if role is None else [role])).inc()
         self.set_success(False)
         self.status.error("connect failed", reason, detail)
+        self.status.connect_failed(reason, detail, role or "")
 
     def session(self, role: str | None = None) -> SessionMetrics:
         """The recorder for one supervised session of this probe."""
@@ -319,6 +321,9 @@ def _child(family: _M, role: list[str]) -> _M:
     return family.labels(*role) if role else family
 
 
+_SESSION_KEYS = itertools.count(1)
+
+
 class SessionMetrics:
     """Records one supervised session's life into its probe's shared session families."""
 
@@ -327,6 +332,8 @@ class SessionMetrics:
         self._f = families
         self._role = [] if role is None else [role]
         self.role = role
+        # Names this session's open cycle in the probe's status: several sessions share a role.
+        self._key = f"{role or ''}#{next(_SESSION_KEYS)}"
         self.connected = False
         self.connects = 0
         self.disconnects = 0
@@ -346,6 +353,7 @@ class SessionMetrics:
         if reconnect is not None:
             _child(f.reconnect, role).observe(reconnect)
             p.status.last_reconnect_s = reconnect
+        p.status.session_up(phases, self.role or "", reconnect, key=self._key)
         if cert_expiry is not None:
             if p.cert_expiry is None:
                 p.cert_expiry = Gauge(
@@ -379,6 +387,13 @@ class SessionMetrics:
         if close_reason:
             detail += f" {close_reason!r}"
         p.status.last_close = Event(time.time(), "session ended", reason, detail.strip())
+        p.status.session_down(
+            reason,
+            close_code,
+            close_reason,
+            failure=reason not in INTENDED_ENDS,
+            key=self._key,
+        )
         self.connected = False
         self.disconnects += 1
         if reason not in INTENDED_ENDS:

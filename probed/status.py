@@ -1,8 +1,14 @@
 """What a person sees of a probe: one status object per probe, kept up to date by its recorders.
 
-The demo table, the HTTP index and `probed once` read this, never the metric registries. Nothing
-here is exported to Prometheus, so it may hold detail (close reasons, error text) that a label
-must not; every such string has been through the probe's redaction before it arrives.
+The demo table, the status page, the JSON API and `probed once` read this, never the metric
+registries. Nothing here is exported to Prometheus, so it may hold detail (close reasons, error
+text) that a label must not; every such string has been through the probe's redaction before it
+arrives. The HTML page escapes all of it: close reasons come from the network.
+
+Besides the live figures, each probe keeps a bounded history of recent cycles (a session from
+connect to close, or a failed connect), each with its timeline of steps. Failures are kept longer
+than successes, at both levels, so the failure that paged someone is still there when they look:
+the way blackbox_exporter's history keeps failed results apart from the rest.
 """
 
 from __future__ import annotations
@@ -10,10 +16,15 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 RECENT: Final = 100  # recent latencies kept for the p50/p99 a person reads
+KEPT_OK_CYCLES: Final = 5
+KEPT_FAILED_CYCLES: Final = 20
+KEPT_OK_STEPS: Final = 20  # per cycle: the latest measurements that went well
+KEPT_FAILED_STEPS: Final = 40  # per cycle: the latest that did not
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +35,99 @@ class Event:
     what: str
     reason: str
     detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "what": self.what, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One line of a cycle's timeline."""
+
+    offset_s: float  # since the cycle started (monotonic clock)
+    what: str  # connected, sent, reply, lost, unmatched, session ended, connect failed, ...
+    ok: bool
+    detail: str = ""
+    latency_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "offset_s": round(self.offset_s, 6),
+            "what": self.what,
+            "ok": self.ok,
+            "detail": self.detail,
+            "latency_s": self.latency_s,
+        }
+
+
+@dataclass
+class Cycle:
+    """A session from dial to close, or a connect attempt that failed."""
+
+    started: float  # wall clock, for people
+    started_mono: float  # time.perf_counter(), for the step offsets
+    role: str = ""
+    what: str = "session"  # session, connect (a failed attempt) or check (sessionless kinds)
+    phases: dict[str, float] = field(default_factory=dict)
+    ended: float | None = None
+    end_reason: str = ""  # disconnect or connect-error reason
+    close_code: int | None = None
+    close_reason: str = ""
+    failed: bool = False
+    measured: int = 0
+    failures: int = 0
+    _pinned: list[Step] = field(default_factory=list)  # the connect, the end: always kept
+    _ok_steps: deque[Step] = field(default_factory=lambda: deque(maxlen=KEPT_OK_STEPS))
+    _failed_steps: deque[Step] = field(default_factory=lambda: deque(maxlen=KEPT_FAILED_STEPS))
+
+    @classmethod
+    def begin(cls, role: str = "") -> Cycle:
+        return cls(time.time(), time.perf_counter(), role)
+
+    def step(
+        self,
+        what: str,
+        *,
+        ok: bool = True,
+        detail: str = "",
+        latency_s: float | None = None,
+        pin: bool = False,
+    ) -> None:
+        offset = time.perf_counter() - self.started_mono
+        step = Step(offset, what, ok, detail, latency_s)
+        if pin:
+            self._pinned.append(step)
+        else:
+            (self._ok_steps if ok else self._failed_steps).append(step)
+            if not ok:
+                self.failures += 1
+
+    @property
+    def steps(self) -> list[Step]:
+        """The kept steps in time order (older successes fall out before older failures)."""
+        return sorted(
+            [*self._pinned, *self._ok_steps, *self._failed_steps], key=lambda s: s.offset_s
+        )
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.failures == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "started": self.started,
+            "ended": self.ended,
+            "role": self.role or None,
+            "ok": self.ok,
+            "phases_s": {k: round(v, 6) for k, v in self.phases.items()},
+            "end_reason": self.end_reason or None,
+            "close_code": self.close_code,
+            "close_reason": self.close_reason or None,
+            "measured": self.measured,
+            "failures": self.failures,
+            "steps": [s.as_dict() for s in self.steps],
+        }
 
 
 @dataclass
@@ -40,11 +144,18 @@ class ProbeStatus:
     last_error: Event | None = None
     last_close: Event | None = None  # how the latest session ended, close code and reason
     last_reconnect_s: float | None = None
+    last_reconnect_at: float | None = None  # wall clock
     sent: int = 0
     lost: int = 0
     recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT))
     # Kinds that hold no session (an HTTP API probe) are up while their latest check passed.
     sessionless: bool = False
+    checks: int = 0  # sessionless kinds: checks made, and how many failed
+    checks_failed: int = 0
+    # Open cycles by session key ("" when the probe holds a single session).
+    current: dict[str, Cycle] = field(default_factory=dict)
+    _ok_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_OK_CYCLES))
+    _failed_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_FAILED_CYCLES))
 
     @property
     def up(self) -> bool:
@@ -57,6 +168,18 @@ class ProbeStatus:
         if not self.up or self.session_started is None:
             return None
         return time.time() - self.session_started
+
+    @property
+    def state(self) -> str:
+        """starting (nothing to say yet), ok, or failing: what the status page shows first.
+
+        Follows probe_success: the latest measurement, connect or session end decides.
+        """
+        if self.success is False:
+            return "failing"
+        if self.up or self.success:
+            return "ok"
+        return "failing" if self.last_error is not None else "starting"
 
     def percentiles(self) -> tuple[float, float] | None:
         """(p50, p99) of the recent latencies, or None with fewer than two."""
@@ -73,3 +196,152 @@ class ProbeStatus:
 
     def error(self, what: str, reason: str, detail: str = "") -> None:
         self.last_error = Event(time.time(), what, reason, detail)
+
+    # -- the history, fed by the recorders in probed/metrics.py ---------------------------------
+
+    def session_up(
+        self,
+        phases: Mapping[str, float],
+        role: str = "",
+        reconnect: float | None = None,
+        *,
+        key: str = "",
+    ) -> Cycle:
+        """A session is up; `key` tells apart sessions of one probe (several per role)."""
+        total = sum(phases.values())
+        # The cycle began when the dial did, so the timeline shows the connect taking its time.
+        cycle = Cycle(time.time() - total, time.perf_counter() - total, role)
+        cycle.phases = dict(phases)
+        cycle.step("connected", detail=_phases_text(phases), latency_s=total, pin=True)
+        if reconnect is not None:
+            self.last_reconnect_at = time.time()
+        self.current[key] = cycle
+        return cycle
+
+    def connect_failed(self, reason: str, detail: str, role: str = "") -> None:
+        cycle = Cycle.begin(role)
+        cycle.step(
+            "connect failed", ok=False, detail=f"{reason}: {detail}" if detail else reason, pin=True
+        )
+        cycle.what = "connect"
+        cycle.failed = True
+        cycle.end_reason = reason
+        cycle.ended = cycle.started
+        self._keep(cycle)
+
+    def checked(
+        self,
+        ok: bool,
+        what: str,
+        detail: str = "",
+        *,
+        latency_s: float | None = None,
+        phases: Mapping[str, float] | None = None,
+    ) -> None:
+        """One check of a kind that holds no session (an HTTP request): a cycle of its own."""
+        self.checks += 1
+        self.checks_failed += not ok
+        # The check began when the request left, so the timeline shows how long it took.
+        took = latency_s or 0.0
+        cycle = Cycle(time.time() - took, time.perf_counter() - took)
+        cycle.what = "check"
+        cycle.phases = dict(phases or {})
+        cycle.step(what, ok=ok, detail=detail, latency_s=latency_s, pin=True)
+        cycle.measured = int(ok)
+        cycle.failed = not ok
+        cycle.end_reason = "" if ok else what
+        cycle.ended = cycle.started
+        self._keep(cycle)
+
+    def session_down(
+        self,
+        reason: str,
+        close_code: int | None,
+        close_reason: str,
+        *,
+        failure: bool,
+        key: str = "",
+    ) -> None:
+        cycle = self.current.pop(key, None)
+        if cycle is None:
+            return
+        detail = "" if close_code is None else f"close {close_code}"
+        if close_reason:
+            detail += f" {close_reason!r}"
+        cycle.step(f"session ended: {reason}", ok=not failure, detail=detail.strip(), pin=True)
+        cycle.ended = time.time()
+        cycle.end_reason = reason
+        cycle.close_code = close_code
+        cycle.close_reason = close_reason
+        cycle.failed = failure
+        self._keep(cycle)
+
+    def measured(self, what: str, latency_s: float | None, detail: str = "") -> None:
+        """A measurement that went well, on the probe's open session."""
+        for cycle in self._open():
+            cycle.measured += 1
+            cycle.step(what, latency_s=latency_s, detail=detail)
+
+    def note(self, what: str, detail: str = "") -> None:
+        """A step worth showing that is not a measurement (a message sent, say)."""
+        for cycle in self._open():
+            cycle.step(what, detail=detail)
+
+    def failed(self, what: str, detail: str = "") -> None:
+        """A measurement that did not (lost, unmatched, timed out), on the open session."""
+        for cycle in self._open():
+            cycle.step(what, ok=False, detail=detail)
+
+    def _open(self) -> Iterable[Cycle]:
+        # Measurements belong to the session they were taken on; a probe holding sessions in
+        # several roles attributes them to the latest one up, which is the one that measured.
+        if self.current:
+            yield max(self.current.values(), key=lambda c: c.started_mono)
+
+    def _keep(self, cycle: Cycle) -> None:
+        (self._ok_cycles if cycle.ok else self._failed_cycles).append(cycle)
+
+    def cycles(self) -> list[Cycle]:
+        """Open cycles, then finished ones, newest first."""
+        finished = sorted(
+            [*self._ok_cycles, *self._failed_cycles], key=lambda c: c.started_mono, reverse=True
+        )
+        live = sorted(self.current.values(), key=lambda c: c.started_mono, reverse=True)
+        return [*live, *finished]
+
+    def as_dict(self, *, history: bool = True) -> dict[str, Any]:
+        cuts = self.percentiles()
+        out: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "target": self.target,
+            "state": self.state,
+            "up": self.up,
+            "success": self.success,
+            "sessions_open": self.sessions_open,
+            "session_started": self.session_started,
+            "session_age_s": self.session_age,
+            "slo_s": list(self.slo),
+            "p50_s": cuts[0] if cuts else None,
+            "p99_s": cuts[1] if cuts else None,
+            "within_slo_ratio": self.within_slo(),
+            "recent_measurements": len(self.recent),
+            "sent": self.sent,
+            "lost": self.lost,
+            "loss_ratio": self.lost / self.sent if self.sent else None,
+            "connects": self.connects,
+            "checks": self.checks,
+            "checks_failed": self.checks_failed,
+            "disconnects": dict(self.disconnects),
+            "last_reconnect_s": self.last_reconnect_s,
+            "last_reconnect_at": self.last_reconnect_at,
+            "last_error": self.last_error.as_dict() if self.last_error else None,
+            "last_close": self.last_close.as_dict() if self.last_close else None,
+        }
+        if history:
+            out["cycles"] = [c.as_dict() for c in self.cycles()]
+        return out
+
+
+def _phases_text(phases: Mapping[str, float]) -> str:
+    return " ".join(f"{name} {seconds * 1e3:.1f}ms" for name, seconds in phases.items())

@@ -221,14 +221,37 @@ async def test_once_prints_a_timeline_and_sets_the_exit_code(
     tmp_path: Path, echo: EchoTarget
 ) -> None:
     ok = write(tmp_path / "ok.yaml", probe_config(echo.url))
-    code, out, _ = await cli("--log-format", "console", "once", "-c", str(ok))
+    code, out, _ = await cli("once", "-c", str(ok))
     assert code == 0, out
-    assert "connected" in out and "reply" in out and "rtt_ms" in out
+    timeline, table, verdict = out.strip().split("\n\n")
+    steps = [line.split()[1] for line in timeline.splitlines()[1:-1]]
+    assert steps == ["connected", "sent", "reply", "session"], timeline
+    assert timeline.splitlines()[-1].strip() == "= OK"
+    header, row = table.splitlines()
+    assert header.split()[:6] == ["probe", "kind", "result", "connect", "latency", "SLO"]
+    assert row.split()[:3] == ["a", "echo", "ok"]
+    assert verdict == "1 of 1 probe(s) passed"
 
     dead = write(tmp_path / "dead.yaml", probe_config("ws://127.0.0.1:1/ws"))
-    code, out, _ = await cli("--log-format", "console", "once", "-c", str(dead))
+    code, out, _ = await cli("once", "-c", str(dead))
     assert code == 1
-    assert "refused" in out
+    assert "FAILED: connect failed: refused" in out
+
+    # Both at once, for machines: one JSON document on stdout, logs (if asked for) on stderr.
+    both = write(
+        tmp_path / "both.yaml",
+        probe_config(echo.url, ("up",)) + probe_config("ws://127.0.0.1:1/ws", ("down",))[8:],
+    )
+    code, out, err = await cli("once", "-c", str(both), "--json", "--log-level", "info")
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    up, down = doc["probes"]
+    assert (up["name"], up["ok"], down["name"], down["ok"]) == ("up", True, "down", False)
+    assert up["latency_s"] > 0 and up["connect_s"] > 0
+    assert [s["what"] for s in up["cycles"][0]["steps"]][:3] == ["connected", "sent", "reply"]
+    assert down["why"].startswith("connect failed: refused")
+    assert '"event": "probing"' in err
 
 
 async def test_secrets_never_reach_logs_or_metrics(
@@ -328,12 +351,16 @@ async def test_once_says_how_the_server_closed_the_session(tmp_path: Path) -> No
             tmp_path / "c.yaml",
             probe_config(f"ws://127.0.0.1:{port}/") + f"    bearer_token: {CANARY}\n",
         )
-        code, out, err = await cli("--log-format", "json", "once", "-c", str(path))
-    assert code == 1
-    (closed,) = [json.loads(line) for line in out.splitlines() if "closed the session" in line]
-    assert closed["close_code"] == 4001
-    assert closed["close_reason"].startswith("join first")
-    assert CANARY not in out + err
+        code, out, err = await cli("once", "-c", str(path), "--json")
+        human_code, human, human_err = await cli("once", "-c", str(path))
+    assert code == human_code == 1
+    (probe,) = json.loads(out)["probes"]
+    (cycle,) = probe["cycles"]
+    assert cycle["close_code"] == 4001
+    assert cycle["close_reason"].startswith("join first")
+    assert probe["why"].startswith("server closed the session: 4001 'join first")
+    assert "FAILED: server closed the session: 4001 'join first (<redacted>)'" in human
+    assert CANARY not in out + err + human + human_err
 
 
 async def test_check_and_run_load_no_reference_targets(tmp_path: Path) -> None:

@@ -33,7 +33,9 @@ async def test_health_readiness_index_and_metrics(
     assert (await get(f"{d.url}/-/ready"))[0] == 200
     await wait_until(lambda: all(p.status.up for p in d.daemon.exposition.probes()))
     status, ctype, body = await get(f"{d.url}/")
-    assert status == 200 and "alpha (echo): up" in body and "beta (echo): up" in body
+    assert status == 200 and ctype.startswith("text/html")
+    assert 'data-probe="alpha" data-state="ok"' in body
+    assert 'data-probe="beta" data-state="ok"' in body
     status, ctype, body = await get(f"{d.url}/metrics")
     assert status == 200 and ctype.startswith("text/plain") and "version=0.0.4" in ctype
     assert 'probe_info{adapter="",kind="echo",probe="alpha"' in body

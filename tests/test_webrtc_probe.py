@@ -369,5 +369,21 @@ def test_the_demo_config_with_its_webrtc_probe_is_valid() -> None:
         proxied="ws://127.0.0.1:3/ws",
         api="http://127.0.0.1:1/-/status",
         room="ws://127.0.0.1:4/",
+        stt="ws://127.0.0.1:6/v1/listen",
     ) + DEMO_WEBRTC.format(whip="http://127.0.0.1:5/whip")
     assert config(text).probes[-1].kind == "webrtc"
+
+
+async def test_the_example_config_runs_once(tmp_path: Path) -> None:
+    example = Path(__file__).parent.parent / "examples" / "webrtc.yaml"
+    async with WhipTarget(delay=0.02, mode=EchoMode.REFLECT) as target:
+        path = tmp_path / "webrtc.yaml"
+        path.write_text(example.read_text().replace("http://127.0.0.1:8769/whip", target.url))
+        [cfg] = load_config(path).probes
+        metrics = kinds.new_metrics(cfg)
+        async with asyncio.timeout(bound(15)):
+            assert await kinds.build(cfg, metrics, logs.get(probe=cfg.name)).once()
+    # The same timeline the status page shows: connected, the echo, RTCP, the end.
+    [cycle] = metrics.status.cycles()
+    assert [s.what for s in cycle.steps][:2] == ["connected", "echo"]
+    assert 0.02 <= metrics.status.recent[-1] < 0.02 + bound(0.08)

@@ -37,7 +37,8 @@ class ConfigError(Exception):
         self.source = source
         super().__init__(self.issues, source)
 
-    def __str__(self) -> str:
+    def lines(self) -> list[str]:
+        """One readable line per issue: "file:line: path: message", for people and logs."""
         lines = []
         for issue in self.issues:
             where = self.source if issue.line is None else f"{self.source}:{issue.line}"
@@ -46,7 +47,10 @@ class ConfigError(Exception):
                 if issue.path
                 else f"{where}: {issue.message}"
             )
-        return "\n".join(lines)
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -208,6 +212,29 @@ def _validation_issues(
             yield loc, _line_of(lines, loc), _message_for(error, parent)
 
 
+# PyYAML's wording for the usual hand-editing slips, and what to do about each.
+_YAML_HINTS: Final = (
+    (
+        "expected <block end>",
+        "check the indentation of this line: keys of one mapping start in the same column, "
+        "and the keys of a list item line up with the first key after its '- '",
+    ),
+    (
+        "mapping values are not allowed here",
+        "this key is indented deeper than the key above it, or a value holding ': ' needs quotes",
+    ),
+    ("found character '\\t'", "YAML indents with spaces only; replace the tabs"),
+    (
+        "could not find expected ':'",
+        "a key is missing its ':' or a quoted value is not closed",
+    ),
+)
+
+
+def _yaml_hint(problem: str) -> str:
+    return next((hint for text, hint in _YAML_HINTS if text in problem), "")
+
+
 def _yaml_issue(exc: yaml.YAMLError, text: str) -> ConfigIssue:
     if isinstance(exc, yaml.MarkedYAMLError):
         line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
@@ -216,6 +243,9 @@ def _yaml_issue(exc: yaml.YAMLError, text: str) -> ConfigIssue:
             context_line = exc.context_mark.line + 1 if exc.context_mark is not None else None
             where = f" started on line {context_line}" if context_line not in (None, line) else ""
             message += f" ({exc.context}{where})"
+        hint = _yaml_hint(exc.problem or "")
+        if hint:
+            message += f"; hint: {hint}"
         return ConfigIssue("", line, message)
     if isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, int(exc.position)) + 1

@@ -6,9 +6,11 @@ Python data, and then validated by pydantic. Every problem found, in reading or 
 is reported at once, in file order.
 """
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -18,12 +20,14 @@ from probed.config.errors import (
     ConfigError,
     ConfigIssue,
     _is_under,
+    _line_of,
+    _resolve,
     _validation_issues,
     _yaml_issue,
 )
 from probed.config.schema.probes import PROBE_KINDS
-from probed.config.schema.root import Config, config_model
-from probed.config.validation import _format_path, _LoadContext
+from probed.config.schema.root import Config, config_model, duplicate_name_problems
+from probed.config.validation import Loc, _format_path, _LoadContext
 from probed.config.yaml_reader import _DocumentReader
 
 
@@ -56,11 +60,14 @@ def parse_config(
                 data, by_alias=True, by_name=False, context=_LoadContext(base_dir)
             )
         except ValidationError as exc:
-            raw_issues.extend(
-                issue
-                for issue in _validation_issues(exc, reader)
-                if not _is_under(issue[0], reader.failed)
-            )
+            found = list(_validation_issues(exc, reader))
+            found += _masked_issues(exc, data, reader, base_dir)
+            seen: set[tuple[Loc, str]] = set()
+            for issue in found:
+                key = (issue[0], issue[2])
+                if key not in seen and not _is_under(issue[0], reader.failed):
+                    seen.add(key)
+                    raw_issues.append(issue)
     elif not raw_issues:
         line = root.start_mark.line + 1 if root is not None else None
         raw_issues.append(
@@ -74,6 +81,47 @@ def parse_config(
         issues.sort(key=lambda issue: (issue.line is None, issue.line or 0))
         raise ConfigError(issues, source)
     return config
+
+
+def _masked_issues(
+    exc: ValidationError, data: dict[str, Any], reader: _DocumentReader, base_dir: Path | None
+) -> list[tuple[Loc, int | None, str]]:
+    """Cross-field problems that field errors hid, so that one `check` reports them all.
+
+    pydantic runs a model's cross-field checks only once all its fields are valid. Unknown keys
+    are the commonest field error and cannot change what the known keys mean, so validating again
+    without them finds the cross-field problems they hid, without inventing any. Duplicate probe
+    names are checked on the raw list, since any invalid probe hides the check on the whole file.
+    """
+    found: list[tuple[Loc, int | None, str]] = []
+    unknown = [_resolve(tuple(e["loc"]))[0] for e in exc.errors() if e["type"] == "extra_forbidden"]
+    if unknown:
+        pruned = copy.deepcopy(data)
+        for loc in unknown:
+            _drop(pruned, loc)
+        try:
+            config_model().model_validate(
+                pruned, by_alias=True, by_name=False, context=_LoadContext(base_dir)
+            )
+        except ValidationError as again:
+            found.extend(_validation_issues(again, reader))
+    probes = data.get("probes")
+    if isinstance(probes, list):
+        names = [p.get("name") if isinstance(p, dict) else None for p in probes]
+        for loc, message in duplicate_name_problems(names):
+            found.append((loc, _line_of(reader.lines, loc), message))
+    return found
+
+
+def _drop(data: Any, loc: Loc) -> None:
+    for part in loc[:-1]:
+        in_dict = isinstance(data, dict) and part in data
+        in_list = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_dict or in_list):
+            return
+        data = data[part]
+    if isinstance(data, dict):
+        data.pop(loc[-1], None)
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:

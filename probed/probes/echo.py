@@ -91,7 +91,7 @@ class EchoProbe:
 
     def ended(self, session: Session, reason: str) -> None:
         # In flight when the session died: the service never delivered them.
-        self._msg.lost(self._tracker.settle())
+        self._msg.lost(self._tracker.settle(), "in flight when the session ended")
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -177,42 +177,71 @@ class EchoProbe:
     # -- one-shot -------------------------------------------------------------------------------
 
     async def once(self) -> bool:
-        """Connect, send one message, wait for its reply or timeout, close. True if answered."""
+        """Connect, send one message, wait for its reply or timeout, close. True if answered.
+
+        Feeds the probe's status like a held session does, so `probed once` prints the same
+        timeline the status page shows.
+        """
+        status = self._metrics.status
         try:
             session = await self.supervisor.connect()
         except ConnectError as exc:
             self._log.error("connect failed", reason=exc.reason, phase=exc.phase, detail=exc.detail)
+            status.error("connect failed", exc.reason, f"{exc.phase}: {exc.detail}")
+            status.connect_failed(exc.reason, f"{exc.phase}: {exc.detail}")
+            self._metrics.set_success(False)
             return False
-        self._log.info(
-            "connected",
-            **{f"{k}_ms": round(v * 1e3, 2) for k, v in self.supervisor.phases.items()},
-        )
+        phases = self.supervisor.phases
+        status.session_up(phases)
+        self._log.info("connected", **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()})
         reader = asyncio.create_task(self.serve(session))
         idle = asyncio.create_task(self._tracker.idle.wait())
+        answered = False
+        close: tuple[int | None, str] = (None, "")
         try:
             key = await self.send(session)
+            status.note("sent", f"seq {self._seq - 1}")
             # Wait for the reply, or for the reader to end because the server closed on us.
             await asyncio.wait(
                 {reader, idle}, timeout=self._cfg.timeout, return_when=asyncio.FIRST_COMPLETED
             )
             answered = self._tracker.was_answered(key)
             if not answered:
-                self._report_no_reply(session, reader)
+                close = self._report_no_reply(session, reader)
+            self._metrics.set_success(answered)
             return answered
         finally:
             idle.cancel()
             reader.cancel()
             await asyncio.gather(reader, idle, return_exceptions=True)
             await session.ws.close()
+            code, reason = close
+            status.session_down(
+                "server_close" if code is not None else "done",
+                code,
+                reason,
+                failure=not answered,
+            )
 
-    def _report_no_reply(self, session: Session, reader: asyncio.Task[None]) -> None:
+    def _report_no_reply(
+        self, session: Session, reader: asyncio.Task[None]
+    ) -> tuple[int | None, str]:
+        """Say why no reply came; (close code, reason) when the server closed the session."""
         exc = reader.exception() if reader.done() and not reader.cancelled() else None
+        status = self._metrics.status
         if isinstance(exc, ConnectionClosed):
             rcvd = exc.rcvd
+            code = rcvd.code if rcvd is not None else 1006
+            reason = session.redact(rcvd.reason) if rcvd is not None else ""
             self._log.error(
                 "no reply: the server closed the session",
-                close_code=rcvd.code if rcvd is not None else 1006,
-                close_reason=session.redact(rcvd.reason) if rcvd is not None else None,
+                close_code=code,
+                close_reason=reason or None,
             )
-        else:
-            self._log.error("no reply", timeout_s=self._cfg.timeout)
+            status.failed("no reply", "the server closed the session")
+            status.error("no reply", "server_close", f"close {code} {reason!r}")
+            return code, reason
+        self._log.error("no reply", timeout_s=self._cfg.timeout)
+        status.failed("no reply", f"nothing within {self._cfg.timeout}s")
+        status.error("no reply", "timeout", f"nothing within {self._cfg.timeout}s")
+        return None, ""

@@ -121,6 +121,7 @@ class FanoutProbe:
                 "Publish to receipt at one subscriber (one way, one clock).",
                 primary=True,
             ),
+            answer="delivered",
         )
         self._complete = metrics.latency(
             "probe_fanout_complete_seconds",
@@ -251,10 +252,17 @@ class FanoutProbe:
             self.log.error(  # noqa: TRY400  # a classified failure: its reason, not a traceback
                 "connect failed", reason=exc.reason, phase=exc.phase, detail=exc.detail
             )
+            self.metrics.connect_failed(exc.reason, f"{exc.phase}: {exc.detail}")
             return False
+        # One cycle for the whole run in the status, so `probed once` prints its timeline.
+        status = self.metrics.status
+        status.session_up(self._publisher.supervisor.phases, "publisher")
+        status.note("all connected", f"{len(sessions) - 1} subscriber(s) and the publisher")
+        delivered = False
         try:
             self._fan_done.clear()
             key = await self.publish(publisher)
+            status.note("published", key)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._cfg.timeout):
                     await self._fan_done.wait()
@@ -265,10 +273,14 @@ class FanoutProbe:
                     missing=fan.waiting,
                     subscribers=len(self._subscribers),
                 )
-            return fan is None
+            delivered = fan is None
+            if fan is not None:
+                status.failed("not delivered everywhere", f"{fan.waiting} subscriber(s) missing")
+            return delivered
         finally:
             for task in readers:
                 task.cancel()
             await asyncio.gather(*readers, return_exceptions=True)
             for session in sessions:
                 await session.ws.close()
+            status.session_down("done", None, "", failure=not delivered)

@@ -177,6 +177,22 @@ class HttpProbe:
             return self._failed("body", None, "body does not contain the expected text")
         self._results.labels("ok").inc()
         self._metrics.set_success(True)
+        new_connection = {
+            name: seconds
+            for name, seconds in (
+                ("dns", phases.dns),
+                ("connect", phases.connect),
+                ("first_byte", phases.first_byte),
+            )
+            if seconds is not None and phases.connect is not None
+        }
+        self._metrics.status.checked(
+            True,
+            f"response {status}",
+            " ".join(f"{k} {v * 1e3:.1f}ms" for k, v in new_connection.items()),
+            latency_s=(end_ns - start_ns) / 1e9,
+            phases=new_connection,
+        )
         self._log.debug("response", status=status, ms=round((end_ns - start_ns) / 1e6, 3))
         return True
 
@@ -197,6 +213,7 @@ class HttpProbe:
             self._metrics.connect_failed(reason, detail)
         else:
             self._metrics.status.error("request failed", reason or result, detail)
+            self._metrics.status.checked(False, f"request failed: {result}", detail)
         self._log.warning("request failed", result=result, reason=reason, detail=detail)
         return False
 

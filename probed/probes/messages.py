@@ -24,8 +24,9 @@ IGNORED_REASONS: Final = ("filtered", "foreign")
 class MessageMetrics:
     """sent / received / lost / duplicated / reordered / unmatched, and one latency family."""
 
-    def __init__(self, metrics: ProbeMetrics, latency: Latency) -> None:
+    def __init__(self, metrics: ProbeMetrics, latency: Latency, *, answer: str = "reply") -> None:
         self._status = metrics.status
+        self._answer = answer  # what an answered message is called in the status timeline
         self.latency = latency
         self._sent = metrics.counter("probe_messages_sent_total", "Messages sent.")
         self._received = metrics.counter(
@@ -59,13 +60,15 @@ class MessageMetrics:
         self._sent.inc()
         self._status.sent += 1
 
-    def lost(self, count: int = 1) -> None:
+    def lost(self, count: int = 1, why: str = "no reply within timeout") -> None:
         if count:
             self._lost.inc(count)
             self._status.lost += count
+            self._status.failed("lost", f"{count} message(s): {why}")
 
     def unmatched(self, reason: str) -> None:
         self._unmatched.labels(reason).inc()
+        self._status.failed("unmatched", reason)
 
     def ignored(self, reason: str) -> None:
         self._ignored.labels(reason).inc()
@@ -78,9 +81,15 @@ class MessageMetrics:
             if got.reordered:
                 self._reordered.inc()
             self.latency.observe(got.sent.sent_ns, at_ns)
+            self._status.measured(
+                self._answer,
+                (at_ns - got.sent.sent_ns) / 1e9,
+                f"seq {got.sent.seq}" + (" (reordered)" if got.reordered else ""),
+            )
             return True
         if got.outcome is Outcome.DUPLICATE:
             self._duplicated.inc()
+            self._status.failed("duplicate", f"seq {got.sent.seq}" if got.sent else "")
         elif got.outcome is Outcome.LATE:
             if got.lost_now:
                 self.lost()

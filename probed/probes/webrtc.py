@@ -272,25 +272,21 @@ class WebRtcProbe:
         self._echoes.labels(m.outcome.value).inc()
         status = self._metrics.status
         status.sent += 1
+        detail = f"signal {m.signal_id}, correlation {float(m.correlation):.2f}"
         if m.outcome is EchoOutcome.OK and m.arrived_ns is not None:
             kept = self._roundtrip.observe(m.sent_ns, m.arrived_ns)
             buffering = m.client_buffering
             if kept and buffering is not None:
                 self._buffering.observe(max(buffering, 0.0))
+            if buffering is not None:
+                detail += f", client buffering {buffering * 1e3:.1f}ms"
+            status.measured("echo", (m.arrived_ns - m.sent_ns) / 1e9, detail)
             self._metrics.set_success(True)
-            self._log.debug(
-                "echo",
-                roundtrip_ms=round((m.arrived_ns - m.sent_ns) / 1e6, 2),
-                client_buffering_ms=None if buffering is None else round(buffering * 1e3, 2),
-                correlation=round(float(m.correlation), 3),
-            )
             return
         status.lost += 1
+        status.failed(f"echo: {m.outcome.value}", detail)
         self._metrics.set_success(False)
-        status.error("no echo", m.outcome.value, f"correlation {m.correlation:.2f}")
-        self._log.info(
-            "echo missing", result=m.outcome.value, correlation=round(float(m.correlation), 3)
-        )
+        self._log.info("echo missing", result=m.outcome.value, detail=detail)
 
     async def _poll_stats(self, session: WebRtcSession) -> None:
         while True:
@@ -357,37 +353,39 @@ class WebRtcProbe:
     # -- one-shot -----------------------------------------------------------------------------
 
     async def once(self) -> bool:
-        """Connect, wait for one echo (or, from a plain ingest, RTCP), print the figures."""
+        """Connect, wait for one echo (or, from a plain ingest, RTCP), close.
+
+        Feeds the probe's status like a held session does, so `probed once` prints the same
+        timeline the status page shows.
+        """
+        status = self._metrics.status
         async with self._client() as http:
             session = self._new_session(http)
             try:
                 phases = await session.connect()
             except WebRtcError as exc:
-                self._log.error("connect failed", reason=exc.reason, detail=self._redact(str(exc)))
+                detail = self._redact(str(exc))
+                self._log.error("connect failed", reason=exc.reason, detail=detail)
+                status.error("connect failed", exc.reason, detail)
+                status.connect_failed(exc.reason, detail)
+                self._metrics.set_success(False)
                 return False
-            self._log.info(
-                "connected",
-                echoing=session.echoing,
-                **{f"{k}_ms": round(v * 1e3, 2) for k, v in dataclasses.asdict(phases).items()},
-            )
+            steps = {k: v for k, v in dataclasses.asdict(phases).items() if k != "total"}
+            status.session_up(steps)
+            self._log.info("connected", echoing=session.echoing, **_ms_fields(steps))
+            ok = False
             try:
                 ok = await self._one_echo(session) if session.echoing else True
                 stats = await self._first_rtcp(session)
-                self._log.info(
-                    "rtcp",
-                    rtt_ms=None if stats.rtt is None else round(stats.rtt * 1e3, 2),
-                    jitter_inbound_ms=_ms(stats.inbound_jitter),
-                    jitter_outbound_ms=_ms(stats.jitter),
-                    packets_sent=stats.packets_sent,
-                    packets_received=stats.inbound_packets_received,
-                    packets_lost_inbound=stats.inbound_packets_lost,
-                    packets_lost_outbound=stats.packets_lost,
-                )
+                status.note("rtcp", _rtcp_text(stats))
+                self._log.info("rtcp", detail=_rtcp_text(stats))
+                self._metrics.set_success(ok)
                 return ok
             finally:
                 await session.close()
                 if session.delete_result is not None:
                     self._log.warning("WHIP DELETE failed", reason=session.delete_result)
+                status.session_down("done", None, "", failure=not ok)
 
     async def _first_rtcp(self, session: WebRtcSession) -> RtcpStats:
         """The statistics once the far end has reported on our stream (up to 2 s: reports go
@@ -403,24 +401,29 @@ class WebRtcProbe:
     async def _one_echo(self, session: WebRtcSession) -> bool:
         # The first signal leaves within one interval; its echo is decided a timeout later.
         limit = 2 * self._cfg.interval + self._cfg.timeout + 2.0
+        status = self._metrics.status
         try:
             async with asyncio.timeout(limit):
                 async for m in session.echoes():
-                    self._log.info(
-                        "echo",
-                        result=m.outcome.value,
-                        roundtrip_ms=_ms(m.roundtrip),
-                        buffered_roundtrip_ms=_ms(m.buffered_roundtrip),
-                        client_buffering_ms=_ms(m.client_buffering),
-                        correlation=round(float(m.correlation), 3),
-                    )
+                    self._record_echo(m)
                     return m.outcome is EchoOutcome.OK
         except TimeoutError:
-            self._log.error("no echo measured", within_s=limit)
+            status.failed("no echo measured", f"within {limit:.1f}s")
         except WebRtcError as exc:
-            self._log.error("session lost", reason=exc.reason)
+            status.failed("session lost", exc.reason)
         return False
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1e3, 2)
+def _ms_fields(seconds: dict[str, float]) -> dict[str, float]:
+    return {f"{k}_ms": round(v * 1e3, 2) for k, v in seconds.items()}
+
+
+def _rtcp_text(stats: RtcpStats) -> str:
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value * 1e3:.1f}ms"
+
+    return (
+        f"rtt {ms(stats.rtt)}, jitter in {ms(stats.inbound_jitter)} out {ms(stats.jitter)}, "
+        f"lost in {stats.inbound_packets_lost} out {stats.packets_lost}, "
+        f"packets sent {stats.packets_sent} received {stats.inbound_packets_received}"
+    )

@@ -21,7 +21,10 @@ class ProbeConfig(StrictModel):
     """
 
     kind: str
-    name: str = Field(json_schema_extra={"pattern": _NAME_PATTERN})
+    name: str = Field(
+        json_schema_extra={"pattern": _NAME_PATTERN},
+        description="unique name; the probe label of every series (letters, digits, _ . : -)",
+    )
     # How often the probe measures (a message, an utterance, a request); each kind says more.
     interval: Seconds = 1.0
     start_stagger: Seconds | None = Field(
@@ -43,6 +46,11 @@ class ProbeConfig(StrictModel):
     def target(self) -> str:
         """Where the probe points, for labels and logs: never credentials or a query string."""
         raise NotImplementedError
+
+    @property
+    def adapter_label(self) -> str:
+        """The `adapter` label of probe_info: which provider protocol (and mode) a probe speaks."""
+        return ""
 
     def slo_thresholds(self) -> tuple[float, ...]:
         """The probe's SLO thresholds; each becomes an exact bucket boundary of its histograms."""

@@ -54,12 +54,38 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
 ReadableFile = Annotated[Path, AfterValidator(_readable_file)]
 
 
+def _existing_dir(value: Path, info: ValidationInfo) -> Path:
+    path = value
+    if isinstance(info.context, _LoadContext) and info.context.base_dir is not None:
+        path = info.context.base_dir / value
+    if not path.is_dir():
+        raise _fail(f"{path} is not a folder")
+    return path
+
+
+ExistingDir = Annotated[Path, AfterValidator(_existing_dir)]
+
+
 class TlsConfig(StrictModel):
-    ca_file: ReadableFile | None = None
-    cert_file: ReadableFile | None = None
-    key_file: ReadableFile | None = None
-    server_name: str | None = None
-    insecure_skip_verify: bool = False
+    ca_file: ReadableFile | None = Field(
+        default=None, description="CA bundle (PEM) to trust instead of the system's"
+    )
+    cert_file: ReadableFile | None = Field(
+        default=None, description="client certificate (PEM) for mutual TLS"
+    )
+    key_file: ReadableFile | None = Field(
+        default=None,
+        description="private key of cert_file (PEM); needs cert_file; omit if cert_file holds it",
+    )
+    server_name: str | None = Field(
+        default=None,
+        description="name sent as SNI and checked against the certificate (default: URL host)",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False,
+        description="skip the certificate chain and name checks (a lab, never production); "
+        "no certificate expiry is exported then",
+    )
 
     @field_validator("server_name")
     @classmethod
@@ -84,10 +110,18 @@ def _yaml_off(value: object) -> object:
 class KeepaliveConfig(StrictModel):
     # ping: WebSocket ping/pong. message: send `message` every interval and require any inbound
     # data within interval + timeout (for servers that ignore pings). off: rely on TCP alone.
-    mode: Annotated[Literal["ping", "message", "off"], BeforeValidator(_yaml_off)] = "ping"
-    interval: Seconds = 15.0
-    timeout: Seconds = 10.0
-    message: str | None = None
+    mode: Annotated[Literal["ping", "message", "off"], BeforeValidator(_yaml_off)] = Field(
+        default="ping",
+        description="ping: WebSocket ping/pong; message: send `message` and require any inbound "
+        "data within interval + timeout (servers that ignore pings); off: TCP alone",
+    )
+    interval: Seconds = Field(default=15.0, description="how often to ping (or send message)")
+    timeout: Seconds = Field(
+        default=10.0, description="no pong (or no data) this long after: the session stalled"
+    )
+    message: str | None = Field(
+        default=None, description='text sent as keepalive; only with mode "message"'
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         if self.mode == "message" and not self.message:
@@ -98,9 +132,14 @@ class KeepaliveConfig(StrictModel):
 
 
 class ReconnectConfig(StrictModel):
-    initial: Seconds = 0.5
-    max: Seconds = 30.0
-    reset_after: Seconds = 30.0
+    initial: Seconds = Field(
+        default=0.5, description="first backoff after a session or connect fails (the floor)"
+    )
+    max: Seconds = Field(default=30.0, description="longest backoff (capped exponential, jittered)")
+    reset_after: Seconds = Field(
+        default=30.0,
+        description="a session that lived this long reconnects at once and resets the backoff",
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         if self.initial > self.max:
@@ -126,13 +165,27 @@ def _keepalive_shorthand_schema(schema: dict[str, Any]) -> None:
 
 
 class ConnectionConfig(StrictModel):
-    connect_timeout: Seconds = 10.0  # a deadline for each phase: dns, tcp, tls, upgrade, setup
-    keepalive: KeepaliveConfig = Field(
-        default=KeepaliveConfig(), json_schema_extra=_keepalive_shorthand_schema
+    connect_timeout: Seconds = Field(
+        default=10.0,
+        description="deadline for each connect phase: dns, tcp, tls, upgrade, setup",
     )
-    reconnect: ReconnectConfig = ReconnectConfig()
-    churn: Seconds | None = None
-    close_timeout: Seconds = 2.0
+    keepalive: KeepaliveConfig = Field(
+        default=KeepaliveConfig(),
+        json_schema_extra=_keepalive_shorthand_schema,
+        description="how a dead session is noticed; `keepalive: 15s` pings every 15 s, "
+        "`keepalive: off` relies on TCP",
+    )
+    reconnect: ReconnectConfig = Field(
+        default=ReconnectConfig(), description="backoff between reconnects"
+    )
+    churn: Seconds | None = Field(
+        default=None,
+        description="close the session on purpose (code 1000) this often and reconnect, so "
+        "reconnects are timed while all is well; at least 1s",
+    )
+    close_timeout: Seconds = Field(
+        default=2.0, description="how long to wait for the close handshake before dropping TCP"
+    )
 
     @field_validator("keepalive", mode="before")
     @classmethod
@@ -154,4 +207,7 @@ class ConnectionConfig(StrictModel):
 
 
 class SloConfig(StrictModel):
-    latency: Seconds = 0.05
+    latency: Seconds = Field(
+        default=0.05,
+        description="latency objective; becomes an exact histogram bucket boundary",
+    )

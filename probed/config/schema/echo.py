@@ -21,8 +21,10 @@ class EchoProbeConfig(WebSocketEndpoint, ProbeConfig):
     timeout: Seconds = Field(
         default=5.0, description="a reply later than this: the message is lost"
     )
-    message: MessageConfig = MessageConfig()
-    slo: SloConfig = SloConfig()
+    message: MessageConfig = Field(
+        default=MessageConfig(), description="what is sent and how replies are matched"
+    )
+    slo: SloConfig = Field(default=SloConfig(), description="the round trip objective")
 
     def _semantic_problems(self) -> list[Problem]:
         problems = super()._semantic_problems()

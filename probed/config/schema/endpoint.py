@@ -54,11 +54,21 @@ class Endpoint(StrictModel):
     _HEADERS_WRITER: ClassVar[str] = "the protocol"
 
     # Not in repr: a URL can carry credentials (userinfo, ?key=...). `target` is the safe form.
-    url: str = Field(repr=False)
-    headers: dict[str, SecretStr] = Field(default_factory=dict)
-    bearer_token: SecretStr | None = None
-    bearer_token_file: ReadableFile | None = None
-    tls: TlsConfig = TlsConfig()
+    url: str = Field(
+        repr=False, description="the URL; labels and logs show it without credentials or query"
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="extra request headers; values are secrets (never logged)",
+    )
+    bearer_token: SecretStr | None = Field(
+        default=None, description='sent as "Authorization: Bearer ..."; e.g. "${TOKEN}"'
+    )
+    bearer_token_file: ReadableFile | None = Field(
+        default=None,
+        description="file holding the bearer token, read at load and on reload",
+    )
+    tls: TlsConfig = Field(default=TlsConfig(), description="TLS options (secure URLs only)")
     proxy_url: SecretStr | None = Field(
         default=None,
         description="HTTP(S) CONNECT proxy, http://[user:password@]host:port",
@@ -221,8 +231,14 @@ class WebSocketEndpoint(Endpoint):
     _PROTOCOL_HEADERS = _HANDSHAKE_HEADERS
     _HEADERS_WRITER = "the WebSocket handshake"
 
-    url: str = Field(repr=False, json_schema_extra={"pattern": "^[wW][sS][sS]?://"})
-    subprotocols: list[str] = Field(default_factory=list)
+    url: str = Field(
+        repr=False,
+        json_schema_extra={"pattern": "^[wW][sS][sS]?://"},
+        description="ws:// or wss:// URL; labels and logs show it without credentials or query",
+    )
+    subprotocols: list[str] = Field(
+        default_factory=list, description="WebSocket subprotocols to offer"
+    )
     framing: FramingConfig | None = Field(
         default=None, description="a preset wire format: socketio or graphql_ws"
     )
@@ -230,7 +246,10 @@ class WebSocketEndpoint(Endpoint):
         default_factory=list,
         description="scripted steps after the upgrade (join, auth): timed as the setup phase",
     )
-    connection: ConnectionConfig = ConnectionConfig()
+    connection: ConnectionConfig = Field(
+        default=ConnectionConfig(),
+        description="connect deadline, keepalive, reconnect backoff, churn",
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         problems = super()._semantic_problems()
@@ -273,7 +292,11 @@ class HttpEndpoint(Endpoint):
     _PROTOCOL_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
     _HEADERS_WRITER = "the HTTP client"
 
-    url: str = Field(repr=False, json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"})
+    url: str = Field(
+        repr=False,
+        json_schema_extra={"pattern": "^[hH][tT][tT][pP][sS]?://"},
+        description="http:// or https:// URL; labels and logs show it without credentials or query",
+    )
 
 
 def proxy_credentials(proxy_url: str) -> tuple[str, str] | None:

@@ -19,8 +19,12 @@ class SubscribersConfig(WebSocketEndpoint):
 
 class FanoutProbeConfig(ProbeConfig):
     kind: Literal["fanout"]
-    publisher: WebSocketEndpoint
-    subscribers: SubscribersConfig
+    publisher: WebSocketEndpoint = Field(
+        description="the session that publishes: url, setup steps, connection settings"
+    )
+    subscribers: SubscribersConfig = Field(
+        description="the sessions that should each receive every message, and how many"
+    )
     interval: Seconds = Field(default=1.0, description="one publish every interval (open loop)")
     timeout: Seconds = Field(
         default=5.0, description="a subscriber without the message after this: lost there"
@@ -29,7 +33,9 @@ class FanoutProbeConfig(ProbeConfig):
         default=MessageConfig(),
         description="what the publisher sends; `match` says how subscribers recognise it",
     )
-    slo: SloConfig = SloConfig()
+    slo: SloConfig = Field(
+        default=SloConfig(), description="the publish-to-subscriber delivery objective"
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         problems = super()._semantic_problems()

@@ -19,7 +19,9 @@ class FramingConfig(StrictModel):
     read as {"op": id, "data": ...} (errors as {"op": id, "error": ...}).
     """
 
-    protocol: Literal["socketio", "graphql_ws"]
+    protocol: Literal["socketio", "graphql_ws"] = Field(
+        description="socketio (Engine.IO v4 / Socket.IO v5) or graphql_ws (graphql-transport-ws)"
+    )
     namespace: str = Field(default="/", description="socketio: the namespace to connect")
     auth: dict[str, Any] | None = Field(default=None, description="socketio: connect payload")
     event: str = Field(default="message", description="socketio: event our messages are sent as")

@@ -33,14 +33,18 @@ class HttpSloConfig(StrictModel):
 
 class HttpProbeConfig(HttpEndpoint, ProbeConfig):
     kind: Literal["http"]
-    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = Field(
+        default="GET", description="HTTP method of each request"
+    )
     body: str | None = Field(
         default=None, description="request body; {seq}, {send_time} and {probe} are filled in"
     )
     interval: Seconds = Field(default=5.0, description="one request every interval (open loop)")
     timeout: Seconds = Field(default=5.0, description="no full response within this: failed")
-    expect: HttpExpect = HttpExpect()
-    slo: HttpSloConfig = HttpSloConfig()
+    expect: HttpExpect = Field(
+        default=HttpExpect(), description="what a response must be to count as ok"
+    )
+    slo: HttpSloConfig = Field(default=HttpSloConfig(), description="the response time objective")
 
     @field_validator("body")
     @classmethod

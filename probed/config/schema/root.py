@@ -1,6 +1,7 @@
 """The top of the config file: Config with its global: settings and probes: list."""
 
 import re
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final, Literal
 
@@ -47,15 +48,26 @@ def split_listen(value: str) -> tuple[str, int]:
 
 
 class GlobalConfig(StrictModel):
-    listen: str = "127.0.0.1:9464"
+    listen: str = Field(
+        default="127.0.0.1:9464",
+        description="HTTP address for /metrics, the status page and the API: host:port, "
+        "[v6]:port or :port (all interfaces); --listen overrides it",
+    )
     labels: dict[str, str] = Field(
         default_factory=dict,
         json_schema_extra={"propertyNames": {"pattern": f"^{_LABEL_NAME_RE.pattern}$"}},
+        description="static labels added to every series, e.g. {location: eu-west-1}",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="--log-level overrides it"
+    )
     # A measurement taken while the event loop lagged more than this is tainted: kept out of the
     # latency histograms so a starved process raises a self-health alert, not a false SLO page.
-    loop_lag_threshold: Seconds = 0.05
+    loop_lag_threshold: Seconds = Field(
+        default=0.05,
+        description="a measurement taken while the event loop lagged more is tainted: counted "
+        "in probe_measurements_tainted_total, kept out of the latency histograms",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -99,13 +111,18 @@ class GlobalConfig(StrictModel):
 class Config(StrictModel):
     # Not `alias`: type checkers would then want Config(global=...), which is not valid Python.
     global_: GlobalConfig = Field(
-        default_factory=GlobalConfig, validation_alias="global", serialization_alias="global"
+        default_factory=GlobalConfig,
+        validation_alias="global",
+        serialization_alias="global",
+        description="settings of the daemon itself",
     )
     defaults: dict[str, Any] = Field(
         default_factory=dict,
         description="values every probe inherits unless it sets its own (mappings merge)",
     )
-    probes: list[ProbeConfig] = Field(default_factory=list)
+    probes: list[ProbeConfig] = Field(
+        default_factory=list, description="what to measure; one entry per probe, by kind"
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         problems: list[Problem] = []
@@ -115,18 +132,26 @@ class Config(StrictModel):
                 problems.append(
                     (("defaults", key), "no probe kind has this key (or it cannot be inherited)")
                 )
-        first: dict[str, int] = {}
-        for index, probe in enumerate(self.probes):
-            if probe.name in first:
-                problems.append(
-                    (
-                        ("probes", index, "name"),
-                        f'duplicate probe name "{probe.name}" '
-                        f"(first used by probes[{first[probe.name]}])",
-                    )
-                )
-            first.setdefault(probe.name, index)
+        problems += duplicate_name_problems([probe.name for probe in self.probes])
         return problems
+
+
+def duplicate_name_problems(names: Sequence[object]) -> list[Problem]:
+    """Probes sharing a name; also run by the loader on raw data when a probe is invalid."""
+    problems: list[Problem] = []
+    first: dict[str, int] = {}
+    for index, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name in first:
+            problems.append(
+                (
+                    ("probes", index, "name"),
+                    f'duplicate probe name "{name}" (first used by probes[{first[name]}])',
+                )
+            )
+        first.setdefault(name, index)
+    return problems
 
 
 _models: dict[tuple[type[ProbeConfig], ...], type[Config]] = {}
@@ -141,6 +166,12 @@ def config_model() -> type[Config]:
     key = tuple(PROBE_KINDS.values())
     model = _models.get(key)
     if model is None:
-        fields: Any = {"probes": (list[probe_union()], Field(default_factory=list))}  # type: ignore[misc]
+        probes = Config.model_fields["probes"]
+        fields: Any = {
+            "probes": (
+                list[probe_union()],  # type: ignore[misc]
+                Field(default_factory=list, description=probes.description),
+            )
+        }
         model = _models[key] = create_model("Config", __base__=Config, **fields)
     return model

@@ -37,11 +37,13 @@ def _conditions_shorthand(value: object) -> object:
 class ConditionConfig(StrictModel):
     """One condition on a field: exactly one of equals, one_of, regex or exists."""
 
-    path: str
-    equals: Any = None
-    one_of: list[Any] | None = None
-    regex: str | None = None
-    exists: bool | None = None
+    path: str = Field(description="dotted path into the message's JSON, e.g. data.type")
+    equals: Any = Field(default=None, description="the value there must equal this")
+    one_of: list[Any] | None = Field(default=None, description="the value must be one of these")
+    regex: str | None = Field(default=None, description="the value (as text) must match this")
+    exists: bool | None = Field(
+        default=None, description="true: the path must be there; false: it must not"
+    )
 
     @field_validator("path")
     @classmethod
@@ -103,11 +105,13 @@ class SetupStepConfig(StrictModel):
 
     name: str = Field(description="named in the log when the step fails")
     send: str | None = Field(default=None, description="message template ({probe}, captures)")
-    expect: FilterConfig | None = None
+    expect: FilterConfig | None = Field(
+        default=None, description="the reply that completes the step (unset: no reply awaited)"
+    )
     error: FilterConfig | None = Field(
         default=None, description="a message matching this fails the step at once"
     )
-    timeout: Seconds = 5.0
+    timeout: Seconds = Field(default=5.0, description="how long to wait for the expected reply")
 
     def _semantic_problems(self) -> list[Problem]:
         if self.send is None and self.expect is None:
@@ -131,8 +135,12 @@ class MatchConfig(StrictModel):
     """Which inbound messages are replies, and how a reply names its message."""
 
     # `json` would shadow BaseModel.json(), so the attribute is json_ and the key is "json".
-    json_: str | None = Field(default=None, alias="json")
-    raw: bool = False
+    json_: str | None = Field(
+        default=None,
+        alias="json",
+        description="the reply field (dotted path, e.g. data.id) holding the message's {id}",
+    )
+    raw: bool = Field(default=False, description="the reply is the message echoed verbatim")
     where: list[ConditionConfig] = Field(
         default_factory=list,
         description="only messages meeting these conditions are replies; others are ignored",
@@ -165,7 +173,10 @@ class MessageConfig(StrictModel):
         default='{"type":"ping","id":"{id}","seq":{seq},"sent_at":{send_time}}',
         description="text of each message; {id}, {seq}, {send_time} and {probe} are filled in",
     )
-    match: MatchConfig = MatchConfig(json="id")
+    match: MatchConfig = Field(
+        default=MatchConfig(json="id"),
+        description="how a reply is matched to its message: json or raw, and optional filters",
+    )
 
     def _semantic_problems(self) -> list[Problem]:
         if self.match.json_ is not None and "{id}" not in self.template:

@@ -41,8 +41,10 @@ class IceServerConfig(StrictModel):
     """A STUN or TURN server, as in RTCIceServer; TURN relays media through restrictive NATs."""
 
     urls: list[str] = Field(min_length=1, description="stun:host:port, turn:host:port, turns:...")
-    username: str | None = None
-    credential: SecretStr | None = None
+    username: str | None = Field(default=None, description="TURN: the user name")
+    credential: SecretStr | None = Field(
+        default=None, description='TURN: the password, a secret; e.g. "${TURN_PASSWORD}"'
+    )
 
     @field_validator("urls", mode="before")
     @classmethod
@@ -102,11 +104,21 @@ class WebRtcProbeConfig(HttpEndpoint, ProbeConfig):
     media_timeout: Seconds = Field(
         default=3.0, description="no audio from the far end for this long: the session stalled"
     )
-    reconnect: ReconnectConfig = ReconnectConfig()
+    reconnect: ReconnectConfig = Field(
+        default=ReconnectConfig(),
+        description="backoff between set-up attempts, as for WebSocket sessions",
+    )
     churn: Seconds | None = Field(
         default=None, description="end the session after this long and set up a new one"
     )
-    slo: WebRtcSloConfig = WebRtcSloConfig()
+    slo: WebRtcSloConfig = Field(
+        default=WebRtcSloConfig(), description="the audio round trip's SLO threshold"
+    )
+    # Inherited from the HTTP endpoint but refused here (see _semantic_problems).
+    proxy_url: SecretStr | None = Field(
+        default=None, description="not supported: media goes over ICE (use a TURN server)"
+    )
+    proxy_from_env: bool = Field(default=False, description="not supported, as proxy_url")
 
     @field_validator("churn")
     @classmethod
