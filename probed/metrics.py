@@ -59,6 +59,8 @@ LATENCY_BUCKETS: Final = (
     10.0,
     30.0,
 )
+# How late audio frames leave against their real-time schedule (speech and WebRTC audio alike).
+SEND_LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # Bounded label values, pre-created at zero so that rate() and alerts see the series before the

@@ -33,7 +33,7 @@ from prometheus_client import Counter
 from probed.config.schema.webrtc import WebRtcProbeConfig
 from probed.connection import Backoff
 from probed.dial import build_ssl_context
-from probed.metrics import LATENCY_BUCKETS, ProbeMetrics
+from probed.metrics import SEND_LAG_BUCKETS, ProbeMetrics
 from probed.webrtc import EchoMeasurement, EchoOutcome, RtcpStats, WebRtcError, WebRtcSession
 
 RESULTS: Final = tuple(outcome.value for outcome in EchoOutcome)
@@ -129,8 +129,8 @@ class WebRtcProbe:
         )
         self._send_lag = metrics.histogram(
             "probe_audio_send_lag_seconds",
-            "How late each 20 ms audio frame left against its schedule.",
-            LATENCY_BUCKETS,
+            "How late audio chunks left against their real-time schedule.",
+            SEND_LAG_BUCKETS,
         )
         for reason in CONNECT_REASONS:
             metrics.connect_errors.labels(reason)
