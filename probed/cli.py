@@ -16,6 +16,7 @@ from probed import __version__, logs
 
 if TYPE_CHECKING:
     from probed.config import Config
+    from probed.webconfig import WebConfig
 
 T = TypeVar("T")
 
@@ -40,6 +41,18 @@ def _load(path: str) -> Config | None:
         return None
 
 
+def _load_web(path: str) -> WebConfig | None:
+    from probed.config import ConfigError
+    from probed.webconfig import load_web_config
+
+    try:
+        return load_web_config(path)
+    except ConfigError as exc:
+        print(f"probed: web config has {len(exc.issues)} error(s):", file=sys.stderr)
+        print(exc, file=sys.stderr)
+        return None
+
+
 def _listen(value: str) -> str:
     from probed.config import split_listen
 
@@ -56,6 +69,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if config is None:
         return 1
+    web_config = None
+    if args.web_config_file:
+        web_config = _load_web(args.web_config_file)
+        if web_config is None:
+            return 1
     logs.configure(args.log_level or config.global_.log_level, json=_json_logs(args))
 
     from probed.sharding import resolve
@@ -73,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             listen=args.listen,
             log_level=args.log_level,
             shard=shard,
+            enable_lifecycle=args.web_enable_lifecycle,
+            web_config=web_config,
         )
         await daemon.run()
 
@@ -90,9 +110,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.schema:
         print(json.dumps(config_json_schema(), indent=2))
         return 0
+    if args.web_config_file:
+        logs.configure("warning", json=_json_logs(args), stream=sys.stderr)
+        if _load_web(args.web_config_file) is None:
+            return 1
+        print(f"{args.web_config_file}: OK")
+        if not args.config:
+            return 0
     if not args.config:
-        print("probed check: give -c FILE or --schema", file=sys.stderr)
+        print("probed check: give -c FILE, --web.config.file FILE or --schema", file=sys.stderr)
         return 2
+    # Warnings found while loading (a token file others can read) go with the errors.
+    logs.configure("warning", json=_json_logs(args), stream=sys.stderr)
     config = _load(args.config)
     if config is None:
         return 1
@@ -104,6 +133,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             "measure nothing (add entries under probes:)",
             file=sys.stderr,
         )
+    _warn_descriptors(config.sessions)
     return _print_shard(args, config)
 
 
@@ -120,6 +150,22 @@ def _print_shard(args: argparse.Namespace, config: Config) -> int:
         mine = [p.name for p in shard.select(config.probes)]
         print(f"shard {shard}: {len(mine)} probe(s): {', '.join(mine) or 'none'}")
     return 0
+
+
+# Descriptors the daemon needs besides sessions: HTTP clients, the listener, logs, the loop.
+_FD_RESERVE = 128
+
+
+def _warn_descriptors(sessions: int) -> None:
+    import resource
+
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and sessions + _FD_RESERVE > soft:
+        print(
+            f"probed check: warning: {sessions} sessions need about {sessions + _FD_RESERVE} "
+            f"file descriptors but the limit here is {soft} (raise LimitNOFILE= / ulimit -n)",
+            file=sys.stderr,
+        )
 
 
 def cmd_once(args: argparse.Namespace) -> int:
@@ -288,6 +334,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="K",
         help="run each probe on K of the shards (default: $PROBED_SHARD_REPLICAS or 1)",
     )
+    run.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="allow POST /-/reload (off by default, as in Prometheus; SIGHUP always reloads)",
+    )
+    run.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="TLS and basic auth for the HTTP endpoint (Prometheus exporter-toolkit format)",
+    )
     run.set_defaults(func=cmd_run)
 
     check = add("check", "validate a config file (exit 0/1)")
@@ -295,6 +353,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     check.add_argument("--schema", action="store_true", help="print the config's JSON Schema")
     check.add_argument("--shard", metavar="INDEX/COUNT", help="also list this shard's probes")
     check.add_argument("--shard-replicas", type=int, metavar="K")
+    check.add_argument(
+        "--web.config.file", dest="web_config_file", metavar="FILE", help="check a web config"
+    )
     check.set_defaults(func=cmd_check)
 
     once = add("once", "run each probe for one cycle and print a timeline")

@@ -24,8 +24,12 @@ from probed.app_framing import FramingClosed, SessionFraming, SetupFailed
 from probed.config import ReconnectConfig
 from probed.config.schema.framing import FramingConfig
 from probed.dial import ConnectError, Dialer, Endpoint, TimedConnection, cert_expiry
+from probed.matching import Filter, Matched
 from probed.metrics import SessionMetrics
+from probed.ratelimit import LogLimiter, log_limited
+from probed.redact import Redactor
 from probed.scripting import SetupScript
+from probed.template import Template
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
@@ -78,7 +82,7 @@ class Session:
     # The provider's latest resumption handle: the handler updates it as the provider sends new
     # ones, and the supervisor carries it into the next session's setup.
     resume_handle: str | None
-    secrets: tuple[str, ...] = ()
+    redactor: Redactor = field(default_factory=Redactor)
     # Values the setup steps captured (a session id, a room id), for the probe's own templates.
     variables: dict[str, str] = field(default_factory=dict)
     # An application framing (Socket.IO, graphql-transport-ws): messages pass through it.
@@ -86,16 +90,33 @@ class Session:
     last_inbound_ns: int = field(default_factory=time.perf_counter_ns)
     draining: bool = False
     _inbox: deque[tuple[str | bytes, int]] = field(default_factory=deque)
+    # Application heartbeat answers: matched here and kept from the probe's own reading.
+    heartbeat_filter: Filter | None = None
+    _heartbeat_answer: asyncio.Event | None = None
+
+    def expect_heartbeat(self) -> asyncio.Event | None:
+        """An event set when the answer to the heartbeat about to be sent arrives."""
+        if self.heartbeat_filter is None:
+            return None
+        self._heartbeat_answer = asyncio.Event()
+        return self._heartbeat_answer
+
+    def _is_heartbeat_answer(self, data: str | bytes) -> bool:
+        if self.heartbeat_filter is None:
+            return False
+        if not isinstance(self.heartbeat_filter.classify(data), Matched):
+            return False
+        if self._heartbeat_answer is not None:
+            self._heartbeat_answer.set()
+        return True
 
     def redact(self, text: str) -> str:
         """A string from the network with every configured secret blanked out.
 
         A hostile or careless server may reflect our Authorization header (into a close reason,
-        an error frame); nothing it sends reaches a log unredacted.
+        an error frame); nothing it sends reaches a log unredacted. Also bounded in length.
         """
-        for secret in self.secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return self.redactor(text)
 
     async def recv_frame(self) -> tuple[str | bytes, int]:
         """The next frame off the wire and the instant its bytes arrived, before any parsing."""
@@ -111,7 +132,10 @@ class Session:
         and an application message keeps its frame's arrival time.
         """
         if self.framing is None:
-            return await self.recv_frame()
+            while True:
+                data, arrived = await self.recv_frame()
+                if not self._is_heartbeat_answer(data):
+                    return data, arrived
         while not self._inbox:
             data, arrived = await self.recv_frame()
             try:
@@ -120,12 +144,16 @@ class Session:
                 raise ServerGone(exc.reason) from None
             for reply in replies:
                 await self.ws.send(reply)
-            self._inbox.extend((message, arrived) for message in messages)
+            self._inbox.extend(
+                (message, arrived) for message in messages if not self._is_heartbeat_answer(message)
+            )
         return self._inbox.popleft()
 
     async def send(self, data: str | bytes) -> None:
         if self.framing is not None and isinstance(data, str):
             data = self.framing.wrap(data)
+        # A peer that stopped reading would otherwise collect every message we send.
+        self.ws.check_write_buffer(len(data))
         await self.ws.send(data)
 
 
@@ -230,10 +258,15 @@ class Supervisor:
         self._handler = handler
         self._log = log if metrics.role is None else log.bind(role=metrics.role)
         self._cycle = cycle
-        self._script = SetupScript(endpoint.setup, variables or {}, self._log)
+        self._variables = dict(variables or {})
+        self._script = SetupScript(endpoint.setup, self._variables, self._log)
+        expect = self._cfg.keepalive.expect
+        self._heartbeat_filter = None if expect is None else expect.build()
         self._framing = endpoint.framing
         self._epoch = 0
-        self._secrets = tuple(v for v in endpoint.request_headers().values() if len(v) >= 4)
+        self._redactor = self._dialer.redactor
+        # A flapping target must not flood the journal; the counters still see every event.
+        self._limiter = LogLimiter()
         # Carried from one session into the next setup, for providers that can resume.
         self.resume_handle: str | None = None
         self.session: Session | None = None
@@ -257,7 +290,10 @@ class Supervisor:
                 attempt += 1
                 delay = self._backoff.delay(attempt, exc.retry_after)
                 self._metrics.connect_failed(exc.reason, f"{exc.phase}: {exc.detail}")
-                self._log.warning(
+                log_limited(
+                    self._limiter,
+                    self._log,
+                    "warning",
                     "connect failed",
                     reason=exc.reason,
                     phase=exc.phase,
@@ -276,7 +312,10 @@ class Supervisor:
                 reconnect=reconnect_s,
                 cert_expiry=cert_expiry(session.ws),
             )
-            self._log.info(
+            log_limited(
+                self._limiter,
+                self._log,
+                "info",
                 "session up",
                 epoch=session.epoch,
                 **{f"{k}_ms": round(v * 1e3, 2) for k, v in phases.items()},
@@ -298,7 +337,10 @@ class Supervisor:
             else:
                 delay = 0.0 if reason in _AT_ONCE else self._backoff.delay(attempt)
                 loss_ns = ended_ns
-            self._log.info(
+            log_limited(
+                self._limiter,
+                self._log,
+                "info",
                 "session down",
                 epoch=session.epoch,
                 reason=reason,
@@ -321,7 +363,8 @@ class Supervisor:
             epoch=self._epoch,
             started_ns=0,
             resume_handle=self.resume_handle,
-            secrets=self._secrets,
+            heartbeat_filter=self._heartbeat_filter,
+            redactor=self._redactor,
         )
         limit = self._cfg.connect_timeout
         started = time.perf_counter()
@@ -416,6 +459,9 @@ class Supervisor:
         done: set[asyncio.Task[None]],
         tasks: Mapping[asyncio.Task[None], str],
     ) -> tuple[str, int | None]:
+        if session.ws.flooded:
+            # We cut it ourselves: the peer made us hold more than a session may (dial.py).
+            return "flood", None
         # Prefer what the transport says over the keepalive's view when both ended together.
         ordered = sorted(done, key=lambda t: tasks[t] != "serve")
         for task in ordered:
@@ -442,7 +488,9 @@ class Supervisor:
             if exc is not None:
                 # A handler bug or a peer that made it trip: this session ends, the probe goes
                 # on under the normal backoff. Logged once, with the traceback, to be fixed.
-                self._log.error("handler failed; session ends", exc_info=exc)
+                log_limited(
+                    self._limiter, self._log, "error", "handler failed; session ends", exc_info=exc
+                )
                 await self._close(session, CloseCode.INTERNAL_ERROR, "probe error")
                 return "error", None
         # The handler returned: it chose to end the session.
@@ -473,9 +521,11 @@ class Supervisor:
     async def _keepalive_message(self, session: Session) -> None:
         cfg = self._cfg.keepalive
         assert cfg.message is not None
+        template = Template(cfg.message)
         silence_ns = int((cfg.interval + cfg.timeout) * 1e9)
         interval_ns = int(cfg.interval * 1e9)
         next_send = time.perf_counter_ns() + interval_ns
+        seq = 0
         while True:
             # Wake for whichever comes first: the next keepalive, or the moment silence is a stall.
             wake = min(next_send, session.last_inbound_ns + silence_ns)
@@ -483,11 +533,29 @@ class Supervisor:
             now = time.perf_counter_ns()
             if now - session.last_inbound_ns >= silence_ns:
                 raise _Stalled(f"no data for {cfg.interval + cfg.timeout}s")
-            if now >= next_send:
-                next_send += interval_ns
+            if now < next_send:
+                continue
+            next_send += interval_ns
+            text = template.render(
+                {
+                    **self._variables,
+                    **session.variables,
+                    "seq": str(seq),
+                    "send_time": f"{time.time():.6f}",
+                }
+            )
+            seq += 1
+            answered = session.expect_heartbeat()
+            try:
+                async with asyncio.timeout(cfg.timeout):
+                    # Through the session: a framing (Socket.IO, GraphQL) wraps it too.
+                    await session.send(text)
+            except TimeoutError:
+                # The peer stopped reading: our writes back up although its data still flows.
+                raise _Stalled(f"keepalive not written within {cfg.timeout}s") from None
+            if answered is not None:
                 try:
                     async with asyncio.timeout(cfg.timeout):
-                        await session.ws.send(cfg.message)
+                        await answered.wait()
                 except TimeoutError:
-                    # The peer stopped reading: our writes back up although its data still flows.
-                    raise _Stalled(f"keepalive not written within {cfg.timeout}s") from None
+                    raise _Stalled(f"no heartbeat answer within {cfg.timeout}s") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import random
 import signal
@@ -17,10 +18,13 @@ from pathlib import Path
 
 from probed import kinds, logs, watchdog
 from probed.config import Config, ConfigError, ProbeConfig, load_config
-from probed.http import start_http
+from probed.http import HttpServer, start_http
+from probed.httpguard import HttpLimits
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
+from probed.ratelimit import LogLimiter, log_limited
 from probed.selfmon import LagMonitor
 from probed.sharding import Shard
+from probed.webconfig import WebConfig
 
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
@@ -48,10 +52,20 @@ class Daemon:
         listen: str | None = None,
         log_level: str | None = None,
         shard: Shard | None = None,
+        enable_lifecycle: bool = False,
+        http_limits: HttpLimits | None = None,
+        web_config: WebConfig | None = None,
     ) -> None:
         self.config = config
         self._log_level_override = log_level
         self.shard = shard
+        # POST /-/reload: off unless asked for, as in Prometheus; SIGHUP always reloads.
+        self.enable_lifecycle = enable_lifecycle
+        self.http_limits = http_limits or HttpLimits()
+        # TLS and basic auth for the HTTP endpoint (--web.config.file); read once at start.
+        self.web_config = web_config
+        # Config files actually read by reloads (requests are coalesced; this counts the work).
+        self.reloads = 0
         self._path = config_path
         self._listen_override = listen
         self.listen = listen or config.global_.listen
@@ -64,10 +78,15 @@ class Daemon:
         )
         self.ready = asyncio.Event()
         self.bound: tuple[str, int] | None = None
+        self.http: HttpServer | None = None
         self._running: dict[str, tuple[ProbeConfig, asyncio.Task[None]]] = {}
         self._stop = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._log = logs.get(component="daemon")
+        self._limiter = LogLimiter()
+        self._next_reload: asyncio.Future[tuple[bool, str]] | None = None
+        self._reloader: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[tuple[bool, str]]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -79,13 +98,23 @@ class Daemon:
         if handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, self.reload)
-        runner, self.bound = await start_http(self, self.listen)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self.http, self.bound = await start_http(self, self.listen, self.http_limits)
+        runner = self.http
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 lag = tg.create_task(self.lag.run())
                 self._apply(self.config)
+                # Everything built so far (modules, the probes and their registries) lives as
+                # long as the daemon: out of the collector's sight, a full collection (which
+                # holds the GIL, so stalls the loop even when it runs in a reload's worker
+                # thread) walks only what came later: ~350 ms -> ~90 ms with 1,000 probes.
+                # The price: reference cycles among these objects are never collected, so a
+                # probe removed later may leave a little garbage, once. Garbage from before is
+                # collected first, so none of it is frozen.
+                gc.collect()
+                gc.freeze()
                 self.ready.set()
                 sd_notify("READY=1")
                 feeder = tg.create_task(watchdog.feed(sd_notify, self.status_line))
@@ -104,6 +133,9 @@ class Daemon:
                 for name in list(self._running):
                     self._stop_probe(name)
         finally:
+            for task in [self._reloader, *self._background]:
+                if task is not None:
+                    task.cancel()
             await runner.cleanup()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -122,31 +154,75 @@ class Daemon:
 
     # -- reload --------------------------------------------------------------------------------
 
-    def reload(self) -> tuple[bool, str]:
-        """Re-read the config file; on error keep running as before and say why."""
+    def request_reload(self) -> None:
+        """SIGHUP: reload in the background (coalesced with any reload already asked for)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; on error keep running as before and say why.
+
+        Requests are coalesced: one reload runs at a time, and every request that arrives while
+        it runs is answered by the single reload that starts after it (which reads the file as
+        it is then), so 200 SIGHUPs in a second cost two reloads, not 200.
+        """
+        if self._next_reload is None:
+            self._next_reload = asyncio.get_running_loop().create_future()
+            if self._reloader is None or self._reloader.done():
+                self._reloader = asyncio.create_task(self._reload_loop())
+        return await asyncio.shield(self._next_reload)
+
+    async def _reload_loop(self) -> None:
+        while self._next_reload is not None:
+            answer, self._next_reload = self._next_reload, None
+            try:
+                result = await self._reload_once()
+            except asyncio.CancelledError:
+                answer.set_result((False, "probed is stopping"))
+                raise
+            except Exception as exc:  # never leave a caller (or systemd) waiting
+                self._log.exception("reload failed unexpectedly")
+                result = False, f"reload failed: {type(exc).__name__}"
+            answer.set_result(result)
+
+    async def _reload_once(self) -> tuple[bool, str]:
         if self._path is None:
             return self._refuse_reload("no config file (the daemon runs an embedded config)")
         if not self.ready.is_set():
             return self._refuse_reload("probed is starting or stopping; try again")
         # systemd (Type=notify-reload) wants the monotonic time the reload started with it.
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        ok = False
         try:
-            config = load_config(self._path)
-        except ConfigError as exc:
-            self.metrics.config_loaded(False)
-            self._log.error("reload failed; keeping the running config", errors=exc.lines())
+            try:
+                # Reading and validating a large config is CPU work: off the loop, so that it
+                # neither stalls sessions nor taints their measurements.
+                self.reloads += 1
+                config = await asyncio.to_thread(load_config, self._path)
+                if not self.ready.is_set():
+                    return self._refuse_reload("probed is stopping")
+            except ConfigError as exc:
+                self._log.error(
+                    "reload failed; keeping the running config", errors=exc.lines()[:50]
+                )
+                return False, str(exc)
+            changes = self._apply(config)
+            ok = True
+        finally:
+            # Whatever happened, the gauge says so and systemd hears READY again.
+            self.metrics.config_loaded(ok)
             sd_notify("READY=1")
-            return False, str(exc)
-        changes = self._apply(config)
-        self.metrics.config_loaded(True)
         # Counts for dashboards and alerts on log volume, names for the person reading.
-        self._log.info(
+        log_limited(
+            self._limiter,
+            self._log,
+            "info",
             "config reloaded",
             **{k: len(v) for k, v in changes.items()},
             **{f"{k}_probes": v for k, v in changes.items() if v and k != "kept"},
         )
         self._warn_if_empty(config)
-        sd_notify("READY=1")
         return True, ", ".join(
             f"{k}: {len(v)}" + (f" ({', '.join(v)})" if v and k != "kept" else "")
             for k, v in changes.items()
@@ -214,14 +290,21 @@ class Daemon:
     async def _supervise(self, cfg: ProbeConfig, metrics: ProbeMetrics) -> None:
         loop = asyncio.get_running_loop()
         log = logs.get(probe=cfg.name, kind=cfg.kind)
+        # Built before the stagger, so that the probe's families are exported from the start.
+        probe: kinds.Probe | None = None
+        with contextlib.suppress(Exception):  # a failing build is retried, and logged, below
+            probe = kinds.build(cfg, metrics, log)
         # Stagger starts so a thousand probes do not dial in the same millisecond.
         await asyncio.sleep(random.uniform(0, cfg.stagger))
         delay = _RESTART_INITIAL
         while True:
             started = loop.time()
             try:
-                await kinds.build(cfg, metrics, log).run()
+                if probe is None:
+                    probe = kinds.build(cfg, metrics, log)
+                await probe.run()
             except Exception:
+                probe = None
                 if loop.time() - started > _RESTART_RESET_AFTER:
                     delay = _RESTART_INITIAL
                 self.metrics.probe_restarts.labels(cfg.name).inc()

@@ -10,18 +10,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import os
 import socket
 import ssl
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
-from websockets.frames import DATA_OPCODES, Frame
+from websockets.frames import CTRL_OPCODES, DATA_OPCODES, Frame
 from websockets.protocol import Event
 from websockets.typing import Subprotocol
 
@@ -31,9 +32,24 @@ from probed.config.schema.endpoint import proxy_credentials
 from probed.config.schema.framing import FramingConfig
 from probed.config.schema.scripting import SetupStepConfig
 from probed.framing.graphql_ws import GRAPHQL_TRANSPORT_WS
+from probed.redact import Redactor
 
 _HTTP = b"HTTP/"
 _PROXY_HEAD_LIMIT = 16 * 1024
+# Bounds on what one session may hold in memory. websockets applies flow control to the messages
+# we send (write_limit) and to inbound messages (max_queue x max_size), but its automatic replies
+# (a pong per ping, a close) go to the transport unconditionally: a peer that floods pings and
+# never reads would grow our send buffer without bound.
+MAX_MESSAGE_BYTES: Final = 1 << 20
+MAX_QUEUED_MESSAGES: Final = 16
+WRITE_LIMIT: Final = 1 << 15
+# Automatic replies allowed to pile up while the send buffer is over WRITE_LIMIT.
+MAX_UNREAD_REPLY_BYTES: Final = 256 * 1024
+# Control frames per second no legitimate server sends (its keepalive is one every few seconds).
+MAX_CONTROL_FRAMES_PER_S: Final = 1000
+# Errors that say this process is out of descriptors or memory, not that the target is down.
+_RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_PHASES: Final = ("dns", "tcp", "proxy", "tls", "upgrade")
 
 
 class ConnectError(Exception):
@@ -63,9 +79,16 @@ class TimedConnection(ClientConnection):
         self._head = b""
         # The peer answered the upgrade with something that is not HTTP.
         self.not_http = False
+        # The peer made us queue more than a session may hold (see MAX_UNREAD_REPLY_BYTES).
+        self.flooded = False
+        self._unread_reply_bytes = 0
+        self._control_window_ns = 0
+        self._control_frames = 0
 
     def data_received(self, data: bytes) -> None:
         self._chunk_ns = time.perf_counter_ns()
+        if self.flooded:
+            return
         if self.response is None and len(self._head) < len(_HTTP):
             # A peer that is not an HTTP server (an SSH banner, a binary protocol) would otherwise
             # leave the handshake waiting for a CRLF that never comes: call it what it is now.
@@ -74,16 +97,48 @@ class TimedConnection(ClientConnection):
                 self.not_http = True
                 self.transport.abort()
                 return
+        before = self.transport.get_write_buffer_size()
         super().data_received(data)
         # The parser refused the answer's own bytes while the connection was still open (e.g.
-        # bare-LF lines): a protocol error, not the reset it would later look like.
+        # bare-LF lines, too many or too long headers): a protocol error, not the reset or the
+        # timeout it would later look like, so fail the handshake now.
         if isinstance(self.protocol.handshake_exc, InvalidMessage):
             self.not_http = True
+            self.transport.abort()
+            return
+        self._check_unread_replies(before)
+
+    def _check_unread_replies(self, before: int) -> None:
+        after = self.transport.get_write_buffer_size()
+        if after <= WRITE_LIMIT:
+            self._unread_reply_bytes = 0
+            return
+        # Whatever this chunk made websockets write on its own, while the peer was not reading.
+        self._unread_reply_bytes += max(0, after - max(before, WRITE_LIMIT))
+        if self._unread_reply_bytes > MAX_UNREAD_REPLY_BYTES:
+            self.flood()
+
+    def flood(self) -> None:
+        """End the connection now: the peer is making us hold more than a session may."""
+        self.flooded = True
+        self.transport.abort()
+
+    def check_write_buffer(self, largest: int) -> None:
+        """Called before a send: a buffer still holding far more than one message is a peer
+        that stopped reading; it is ended rather than fed."""
+        if self.transport.get_write_buffer_size() > WRITE_LIMIT + MAX_UNREAD_REPLY_BYTES + largest:
+            self.flood()
 
     def process_event(self, event: Event) -> None:
         # One final data frame per message, in the order recv() hands messages out.
         if isinstance(event, Frame) and event.opcode in DATA_OPCODES and event.fin:
             self.arrivals.append(self._chunk_ns)
+        elif isinstance(event, Frame) and event.opcode in CTRL_OPCODES:
+            if self._chunk_ns - self._control_window_ns > 1_000_000_000:
+                self._control_window_ns, self._control_frames = self._chunk_ns, 0
+            self._control_frames += 1
+            if self._control_frames > MAX_CONTROL_FRAMES_PER_S:
+                self.flood()
         super().process_event(event)
 
 
@@ -203,11 +258,25 @@ class Dialer:
         self._limit = endpoint.connection.connect_timeout
         self._close_timeout = endpoint.connection.close_timeout
         self._proxy = endpoint.proxy()
+        self.redactor = Redactor.for_endpoint(self._headers.values(), self._url, self._proxy)
         self.phases: dict[str, float] = {}
 
     async def dial(self) -> TimedConnection:
         """dns, tcp, tls and upgrade, each timed; raises ConnectError naming the failed phase."""
         self.phases = {}
+        try:
+            return await self._dial()
+        except OSError as exc:
+            # Out of descriptors (a systemd default of 1,024 goes fast) or buffers: this process
+            # cannot connect now. Counted like any failed connect, never a probe crash.
+            phase = self._failed_phase()
+            if exc.errno in _RESOURCE_ERRNOS:
+                raise ConnectError("resources", phase, os.strerror(exc.errno)) from None
+            raise ConnectError(
+                _tcp_reason(exc), phase, exc.strerror or type(exc).__name__
+            ) from None
+
+    async def _dial(self) -> TimedConnection:
         loop = asyncio.get_running_loop()
         limit = self._limit
 
@@ -222,6 +291,8 @@ class Dialer:
         except TimeoutError:
             raise ConnectError("timeout", phase, f"no answer within {limit}s") from None
         except socket.gaierror as exc:
+            if exc.errno == socket.EAI_SYSTEM:
+                raise ConnectError("resources", phase, exc.strerror or str(exc)) from None
             raise ConnectError("dns", phase, exc.strerror or str(exc)) from None
         except UnicodeError:
             # The name cannot even be encoded for a query (e.g. a label over 63 characters).
@@ -272,7 +343,15 @@ class Dialer:
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             raise ConnectError("proxy", "proxy", "the proxy's answer is not HTTP")
         if parts[1] != "200":
-            raise ConnectError("proxy", "proxy", f"proxy refused CONNECT: {status_line[:80]}")
+            raise ConnectError(
+                "proxy", "proxy", f"proxy refused CONNECT: {self._redact(status_line[:80])}"
+            )
+
+    def _failed_phase(self) -> str:
+        skipped = {"proxy"} if self._proxy is None else set()
+        if not self._secure:
+            skipped.add("tls")
+        return next((p for p in _PHASES if p not in self.phases and p not in skipped), "upgrade")
 
     def mark(self, phase: str, since: float) -> float:
         """Record a phase that ran from `since` until now; returns now."""
@@ -328,6 +407,9 @@ class Dialer:
                     subprotocols=self._subprotocols or None,
                     user_agent_header=f"probed/{__version__}",
                     compression=None,
+                    max_size=MAX_MESSAGE_BYTES,
+                    max_queue=MAX_QUEUED_MESSAGES,
+                    write_limit=WRITE_LIMIT,
                     open_timeout=None,
                     ping_interval=None,
                     close_timeout=self._close_timeout,
@@ -337,6 +419,8 @@ class Dialer:
         except TimeoutError:
             sock.close()
             phase = "tls" if self._secure and not tls_done else "upgrade"
+            if made and made[0].not_http:
+                raise ConnectError("protocol_error", phase, "not a valid HTTP answer") from None
             raise ConnectError("timeout", phase, f"no answer within {limit}s") from None
         except (OSError, InvalidHandshake, EOFError) as exc:
             sock.close()
@@ -355,5 +439,6 @@ class Dialer:
         return conn
 
     def _redact(self, text: str) -> str:
-        # Library errors may quote the URL, which can carry a key in its query string.
-        return text.replace(self._url, self._target)
+        # Library errors may quote the URL (a key in its query string) or a header the server
+        # sent back, which a hostile server fills with our own Authorization header.
+        return self.redactor(text.replace(self._url, self._target))

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from probed import lifecycle
 from probed.config import split_listen
+from probed.httpguard import ConnectionGuard, HttpLimits
 from probed.statuspage import add_routes
+from probed.webconfig import BasicAuth
 
 if TYPE_CHECKING:
     from probed.daemon import Daemon
 
 _DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard")
+_ALLOWED_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("allowed_hosts")
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -36,15 +42,46 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _reload(request: web.Request) -> web.Response:
-    ok, message = request.app[_DAEMON].reload()
+    daemon = request.app[_DAEMON]
+    if not daemon.enable_lifecycle:
+        return web.Response(
+            status=403,
+            text="the lifecycle API is off: start probed with --web.enable-lifecycle, "
+            "or send SIGHUP to reload\n",
+        )
+    refusal = lifecycle.refusal(request.headers, request.app[_ALLOWED_HOSTS])
+    if refusal is not None:
+        return web.Response(status=403, text=f"reload refused: {refusal}\n")
+    ok, message = await daemon.reload()
     if ok:
         return web.Response(text=f"config reloaded ({message})\n")
     return web.Response(status=500, text=f"config reload failed; running config kept:\n{message}\n")
 
 
-def make_app(daemon: Daemon) -> web.Application:
-    app = web.Application()
+@web.middleware
+async def _track_requests(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    # The connection guard times out connections that are not in a request; this says when
+    # one is.
+    guard = request.app[_GUARD]
+    guard.request_started(request.transport)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_ended(request.transport)
+
+
+def make_app(daemon: Daemon, guard: ConnectionGuard | None = None) -> web.Application:
+    middlewares: list[Any] = [_track_requests]
+    web_config = daemon.web_config
+    if web_config is not None and web_config.basic_auth_users:
+        middlewares.append(BasicAuth(web_config.basic_auth_users).middleware)
+    # Nothing probed serves takes a body beyond a few bytes; a large one is refused unread.
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[_DAEMON] = daemon
+    app[_GUARD] = guard or ConnectionGuard(HttpLimits())
+    app[_ALLOWED_HOSTS] = lifecycle.allowed_hosts(daemon.listen)
     add_routes(app, daemon)  # the status page at / and the JSON API under /api/v1/
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
@@ -54,15 +91,46 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-async def start_http(daemon: Daemon, listen: str) -> tuple[web.AppRunner, tuple[str, int]]:
+class HttpServer:
+    """The listening socket and the aiohttp runner behind it."""
+
+    def __init__(self, runner: web.AppRunner, server: asyncio.Server, guard: ConnectionGuard):
+        self.runner = runner
+        self.server = server
+        self.guard = guard
+
+    async def cleanup(self) -> None:
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def start_http(
+    daemon: Daemon, listen: str, limits: HttpLimits | None = None
+) -> tuple[HttpServer, tuple[str, int]]:
     host, port = split_listen(listen)
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    guard = ConnectionGuard(limits or HttpLimits())
+    runner = web.AppRunner(
+        make_app(daemon, guard),
+        access_log=None,
+        handle_signals=False,
+        # aiohttp's own idle limit, kept in step with the guard's.
+        keepalive_timeout=guard.limits.idle_timeout,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host or None, port, reuse_address=True)
+    assert runner.server is not None
+    guard.inner = runner.server
+    loop = asyncio.get_running_loop()
     try:
-        await site.start()
+        tls = daemon.web_config.tls_server_config if daemon.web_config is not None else None
+        server = await loop.create_server(
+            guard.factory,
+            host or None,
+            port,
+            reuse_address=True,
+            ssl=tls.ssl_context() if tls is not None else None,
+        )
     except OSError:
         await runner.cleanup()
         raise
-    bound = runner.addresses[0]
-    return runner, (str(bound[0]), int(bound[1]))
+    bound = server.sockets[0].getsockname()
+    return HttpServer(runner, server, guard), (str(bound[0]), int(bound[1]))

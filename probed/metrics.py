@@ -76,6 +76,9 @@ DISCONNECT_REASONS: Final = (
     "cycle",
     "error",
     "shutdown",
+    # We ended it: the peer made the session hold more than its bounds (a ping flood, a peer
+    # that stopped reading our writes).
+    "flood",
 )
 # Sessions the probe (or the provider, announcing it) ended on purpose: not a failure.
 INTENDED_ENDS: Final = frozenset({"churn", "cycle", "go_away", "shutdown"})
@@ -89,6 +92,8 @@ CONNECT_ERROR_REASONS: Final = (
     "protocol_error",
     "setup",
     "proxy",
+    # This process ran out of descriptors or buffers (EMFILE, ENFILE): not the target's fault.
+    "resources",
 )
 
 

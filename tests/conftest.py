@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -96,8 +97,8 @@ async def echo() -> AsyncIterator[EchoTarget]:
 async def start_daemon() -> AsyncIterator[Callable[..., object]]:
     running: list[RunningDaemon] = []
 
-    async def start(cfg: Config, path: Path | None = None) -> RunningDaemon:
-        daemon = Daemon(cfg, config_path=path, listen="127.0.0.1:0")
+    async def start(cfg: Config, path: Path | None = None, **options: Any) -> RunningDaemon:
+        daemon = Daemon(cfg, config_path=path, listen="127.0.0.1:0", **options)
         task = asyncio.create_task(daemon.run(handle_signals=False))
         await wait_until(lambda: daemon.ready.is_set() or task.done(), what="daemon ready")
         if task.done():

@@ -98,3 +98,30 @@ def test_unknown_placeholders_are_config_errors() -> None:
         config(chat_probe("ws://127.0.0.1:1/").replace("{room}", "{roomid}"))
     with pytest.raises(Exception, match=r"setup\[0\]\.send.*unknown placeholder \{nope\}"):
         config(chat_probe("ws://127.0.0.1:1/").replace('"name":"{probe}"', '"name":"{nope}"'))
+
+
+async def test_application_heartbeats_keep_the_session_and_a_missing_answer_is_a_stall(
+    room: PubSubTarget, start_daemon: StartDaemon
+) -> None:
+    heartbeat = """    connection:
+      reconnect: {initial: 100ms, max: 200ms}
+      keepalive:
+        mode: message
+        interval: 200ms
+        timeout: 300ms
+        message: '{"type":"ping","id":"hb-{seq}"}'
+        expect: {where: {type: pong}}
+"""
+    text = chat_probe(room.url).replace(
+        "    connection: {reconnect: {initial: 100ms, max: 200ms}}\n", heartbeat
+    )
+    d = await start_daemon(config(text))
+    await wait_until(lambda: d.count("probe_messages_received_total", probe="chat") >= 20)
+    # Answered heartbeats: the session holds, and the pongs never reach the reply matcher.
+    assert d.count("probe_disconnects_total", probe="chat", reason="stalled") == 0
+    assert d.count("probe_messages_unmatched_total", probe="chat", reason="missing_field") == 0
+    # A server that stops answering pings (but still acks): the heartbeat says it is stalled.
+    room.answer_pings = False
+    await wait_until(
+        lambda: d.count("probe_disconnects_total", probe="chat", reason="stalled") >= 1
+    )

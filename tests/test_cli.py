@@ -110,6 +110,7 @@ async def run_daemon() -> AsyncIterator[Any]:
             str(config),
             "--listen",
             "127.0.0.1:0",
+            "--web.enable-lifecycle",
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, **(env or {})},

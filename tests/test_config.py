@@ -1119,6 +1119,7 @@ def test_json_schema() -> None:
         "interval": "15s",
         "timeout": "10s",
         "message": None,
+        "expect": None,
     }
 
 

@@ -53,7 +53,7 @@ async def test_reload_over_http(
 ) -> None:
     path = tmp_path / "probed.yaml"
     path.write_text(yaml_for(echo.url, "a"))
-    d = await start_daemon(config(path.read_text()), path)
+    d = await start_daemon(config(path.read_text()), path, enable_lifecycle=True)
     await wait_until(lambda: echo.sessions == 1)
     path.write_text(yaml_for(echo.url, "a", "b"))
     async with aiohttp.ClientSession() as http, http.post(f"{d.url}/-/reload") as resp:
@@ -70,7 +70,7 @@ async def test_reload_over_http(
 
 
 async def test_reload_without_a_file_says_so(echo: EchoTarget, start_daemon: StartDaemon) -> None:
-    d = await start_daemon(config(yaml_for(echo.url, "a")))
+    d = await start_daemon(config(yaml_for(echo.url, "a")), enable_lifecycle=True)
     async with aiohttp.ClientSession() as http, http.post(f"{d.url}/-/reload") as resp:
         assert resp.status == 500
         assert "no config file" in await resp.text()
@@ -87,7 +87,7 @@ async def test_reload_applies_global_labels_and_level_without_touching_sessions(
     assert d.value("probe_info", probe="a", location="lab-1") == 1
     upgrades = echo.upgrades
     path.write_text("global: {labels: {location: lab-2}, loop_lag_threshold: 80ms}\n" + body)
-    ok, message = d.daemon.reload()
+    ok, message = await d.daemon.reload()
     assert ok, message
     assert d.value("probe_info", probe="a", location="lab-2") == 1
     assert d.value("probe_info", probe="a", location="lab-1") is None

@@ -158,7 +158,7 @@ async def test_reloading_a_test_kind_restarts_only_that_probe(
     d = await start_daemon(load_config(path), path)
     await wait_until(lambda: d.count("probe_room_hellos_total", probe="room") == 2)
     path.write_text(room_yaml(echo.url, subscribers=3))
-    ok, summary = d.daemon.reload()
+    ok, summary = await d.daemon.reload()
     assert ok and "kept: 1" in summary and "restarted: 1" in summary, summary
     # A fresh recorder for the restarted probe: its families start again from its own sessions.
     await wait_until(

@@ -48,7 +48,7 @@ async def test_reload_log_names_the_probes_and_reads_errors_as_lines(
     path.write_text(
         probes_yaml(echo.url, "keep", "new") + probes_yaml(echo.url, "change", interval="200ms")[8:]
     )
-    ok, message = d.daemon.reload()
+    ok, message = await d.daemon.reload()
     assert ok
     assert message == "kept: 1, started: 1 (new), restarted: 1 (change), stopped: 1 (drop)"
     (reloaded,) = events(buf, "config reloaded")
@@ -58,7 +58,7 @@ async def test_reload_log_names_the_probes_and_reads_errors_as_lines(
     assert reloaded["stopped_probes"] == ["drop"]
 
     path.write_text(probes_yaml(echo.url, "keep") + "  - {name: x, kind: echo, intervall: 1s}\n")
-    ok, message = d.daemon.reload()
+    ok, message = await d.daemon.reload()
     assert not ok
     (failed,) = events(buf, "reload failed; keeping the running config")
     assert failed["errors"] == [

@@ -28,7 +28,6 @@ from probed.config.schema.common import (
     ReadableFile,
     ReconnectConfig,
     SloConfig,
-    StrictModel,
     TlsConfig,
 )
 from probed.config.schema.echo import MAX_IN_FLIGHT, EchoProbeConfig
@@ -43,6 +42,7 @@ from probed.config.schema.scripting import (
     MessageConfig,
     SetupStepConfig,
 )
+from probed.config.schema.strict import StrictModel
 from probed.labels import RESERVED_LABEL_NAMES
 
 __all__ = [

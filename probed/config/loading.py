@@ -10,10 +10,10 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from probed.config.defaults import apply_defaults
 from probed.config.errors import (
@@ -25,10 +25,28 @@ from probed.config.errors import (
     _validation_issues,
     _yaml_issue,
 )
-from probed.config.schema.probes import PROBE_KINDS
+from probed.config.schema.probes import PROBE_KINDS, probe_union
 from probed.config.schema.root import Config, config_model, duplicate_name_problems
 from probed.config.validation import Loc, _format_path, _LoadContext
-from probed.config.yaml_reader import _DocumentReader
+from probed.config.yaml_reader import BoundedLoader, _DocumentReader, flow_nesting_problem
+
+# A 1,000-probe config is a few hundred KiB and 10,000 probes fit; a larger file is a mistake (or
+# an attack) and would take many seconds and hundreds of MiB to parse.
+MAX_CONFIG_BYTES: Final = 2 * 1024 * 1024
+
+
+def _too_large(source: str) -> ConfigError:
+    return ConfigError(
+        [
+            ConfigIssue(
+                "",
+                None,
+                f"the config is larger than {MAX_CONFIG_BYTES // 2**20} MiB, the most probed "
+                "reads (split it, or check that this is the right file)",
+            )
+        ],
+        source,
+    )
 
 
 def parse_config(
@@ -43,8 +61,25 @@ def parse_config(
     base_dir anchors relative file paths (load_config passes the config file's directory);
     without it they are relative to the working directory.
     """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise _too_large(source)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _parse(text, source, env, base_dir)
+    except ConfigError:
+        raise
+    except (RecursionError, MemoryError, ValueError, TypeError, OverflowError) as exc:
+        # No input may end in a traceback: whatever the reader missed is still a config error.
+        raise ConfigError(
+            [ConfigIssue("", None, f"the config cannot be read ({type(exc).__name__})")], source
+        ) from None
+
+
+def _parse(text: str, source: str, env: Mapping[str, str] | None, base_dir: Path | None) -> Config:
+    flow = flow_nesting_problem(text)
+    if flow is not None:
+        raise ConfigError([ConfigIssue("", flow[0], f"invalid YAML: {flow[1]}")], source)
+    try:
+        root = yaml.compose(text, Loader=BoundedLoader)
     except yaml.YAMLError as exc:
         raise ConfigError([_yaml_issue(exc, text)], source) from None
     reader = _DocumentReader(os.environ if env is None else env)
@@ -56,9 +91,7 @@ def parse_config(
     if isinstance(data, dict):
         apply_defaults(data, PROBE_KINDS, reader.lines, reader.from_env)
         try:
-            config = config_model().model_validate(
-                data, by_alias=True, by_name=False, context=_LoadContext(base_dir)
-            )
+            config = _validate(data, _LoadContext(base_dir))
         except ValidationError as exc:
             found = list(_validation_issues(exc, reader))
             found += _masked_issues(exc, data, reader, base_dir)
@@ -124,16 +157,48 @@ def _drop(data: Any, loc: Loc) -> None:
         data.pop(loc[-1], None)
 
 
+_adapters: dict[tuple[type[Any], ...], TypeAdapter[Any]] = {}
+
+
+def _validate(data: dict[str, Any], context: _LoadContext) -> Config:
+    """Validate probe by probe, then the document around the validated probes.
+
+    pydantic-core holds the GIL for the whole of one validation call: a 1,000-probe document
+    validated in one call stalls the event loop for half a second even from a worker thread.
+    One call per probe lets the loop run in between. A config with errors is validated again
+    as a whole, so that every error is reported with its full path as before.
+    """
+    probes = data.get("probes")
+    if isinstance(probes, list) and len(probes) > 1:
+        key = tuple(PROBE_KINDS.values())
+        adapter = _adapters.get(key)
+        if adapter is None:
+            adapter = _adapters[key] = TypeAdapter(probe_union())
+        try:
+            validated = [
+                adapter.validate_python(p, by_alias=True, by_name=False, context=context)
+                for p in probes
+            ]
+        except ValidationError:
+            pass
+        else:
+            data = {**data, "probes": validated}
+    return config_model().model_validate(data, by_alias=True, by_name=False, context=context)
+
+
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file. Raises ConfigError, also when the file can't be read."""
     path = Path(path)
     source = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             [ConfigIssue("", None, f"cannot read the config file: {exc.strerror or exc}")], source
         ) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _too_large(source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

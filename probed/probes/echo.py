@@ -18,11 +18,11 @@ from websockets.exceptions import ConnectionClosed
 
 from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
-from probed.delivery import DeliveryTracker, open_loop
+from probed.delivery import DeliveryTracker
 from probed.dial import ConnectError
 from probed.matching import Filter, Ignored
 from probed.metrics import ProbeMetrics
-from probed.probes.messages import MessageMetrics
+from probed.probes.messages import MessageMetrics, render_message, send_open_loop
 from probed.template import Template
 
 
@@ -69,7 +69,9 @@ class EchoProbe:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.supervisor.run())
-            tg.create_task(self._schedule())
+            tg.create_task(
+                send_open_loop(self._cfg.interval, self._cfg.timeout, self.supervisor, self.send)
+            )
             tg.create_task(self._expire_loop())
 
     # -- SessionHandler -------------------------------------------------------------------------
@@ -95,32 +97,11 @@ class EchoProbe:
 
     # -- sending --------------------------------------------------------------------------------
 
-    async def _schedule(self) -> None:
-        async for _slot in open_loop(self._cfg.interval):
-            session = self.supervisor.session
-            if session is None or session.draining:
-                continue
-            try:
-                # A peer that stopped reading must not stop the schedule: the message stays in
-                # flight (and will count as lost) while the next slot comes round.
-                async with asyncio.timeout(self._cfg.timeout):
-                    await self.send(session)
-            except (ConnectionClosed, TimeoutError):
-                continue  # the supervisor classifies the loss
-
     async def send(self, session: Session) -> str:
         seq = self._seq
         self._seq += 1
         ident = f"{self._run_id}-{session.epoch}-{seq}"
-        payload = self._template.render(
-            {
-                **session.variables,
-                "id": ident,
-                "seq": str(seq),
-                "send_time": f"{time.time():.6f}",
-                "probe": self._cfg.name,
-            }
-        )
+        payload = render_message(self._template, session, ident, seq, self._cfg.name)
         key = ident if self._json_path else payload
         # Registered before the write: a fast reply can be read while send() awaits the drain.
         self._tracker.sent(key, seq, time.perf_counter_ns())

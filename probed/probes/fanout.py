@@ -17,16 +17,15 @@ import time
 from dataclasses import dataclass
 
 import structlog
-from websockets.exceptions import ConnectionClosed
 
 from probed.config.schema.endpoint import WebSocketEndpoint
 from probed.config.schema.fanout import FanoutProbeConfig
 from probed.connection import Session, Supervisor
-from probed.delivery import DeliveryTracker, Outcome, open_loop
+from probed.delivery import DeliveryTracker, Outcome
 from probed.dial import ConnectError
 from probed.matching import Filter, Ignored
 from probed.metrics import ProbeMetrics
-from probed.probes.messages import MessageMetrics
+from probed.probes.messages import MessageMetrics, render_message, send_open_loop
 from probed.template import Template
 
 
@@ -151,35 +150,20 @@ class FanoutProbe:
             tg.create_task(self._publisher.supervisor.run())
             for sub in self._subscribers:
                 tg.create_task(sub.supervisor.run())
-            tg.create_task(self._schedule())
+            tg.create_task(
+                send_open_loop(
+                    self._cfg.interval, self._cfg.timeout, self._publisher.supervisor, self.publish
+                )
+            )
             tg.create_task(self._expire_loop())
 
     # -- publishing -----------------------------------------------------------------------------
-
-    async def _schedule(self) -> None:
-        async for _slot in open_loop(self._cfg.interval):
-            session = self._publisher.supervisor.session
-            if session is None or session.draining:
-                continue
-            try:
-                async with asyncio.timeout(self._cfg.timeout):
-                    await self.publish(session)
-            except (ConnectionClosed, TimeoutError):
-                continue  # the publisher's supervisor classifies it
 
     async def publish(self, session: Session) -> str:
         seq = self._seq
         self._seq += 1
         key = f"{self._prefix}{session.epoch}-{seq}"
-        payload = self._template.render(
-            {
-                **session.variables,
-                "id": key,
-                "seq": str(seq),
-                "send_time": f"{time.time():.6f}",
-                "probe": self.name,
-            }
-        )
+        payload = render_message(self._template, session, key, seq, self.name)
         now = time.perf_counter_ns()
         waiting = 0
         for sub in self._subscribers:

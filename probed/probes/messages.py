@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
-from probed.delivery import Outcome, Received
+from websockets.exceptions import ConnectionClosed
+
+from probed.connection import Session, Supervisor
+from probed.delivery import Outcome, Received, open_loop
 from probed.metrics import Latency, ProbeMetrics
+from probed.template import Template
 
 # Would-be replies that match no message in flight, or cannot be read as one.
 UNMATCHED_REASONS: Final = (
@@ -97,3 +104,38 @@ class MessageMetrics:
         else:
             self.unmatched("unknown")
         return False
+
+
+async def send_open_loop(
+    interval: float,
+    send_timeout: float,
+    supervisor: Supervisor,
+    send: Callable[[Session], Awaitable[object]],
+) -> None:
+    """Send on the fixed schedule whenever the supervisor's session is up and not draining.
+
+    A peer that stopped reading must not stop the schedule: the message stays in flight (and
+    counts as lost) while the next slot comes round; the supervisor classifies the session.
+    """
+    async for _slot in open_loop(interval):
+        session = supervisor.session
+        if session is None or session.draining:
+            continue
+        try:
+            async with asyncio.timeout(send_timeout):
+                await send(session)
+        except (ConnectionClosed, TimeoutError):
+            continue
+
+
+def render_message(template: Template, session: Session, ident: str, seq: int, probe: str) -> str:
+    """A message from its template: the session's captured values plus the built-ins."""
+    return template.render(
+        {
+            **session.variables,
+            "id": ident,
+            "seq": str(seq),
+            "send_time": f"{time.time():.6f}",
+            "probe": probe,
+        }
+    )

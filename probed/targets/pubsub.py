@@ -278,6 +278,8 @@ class PubSubTarget(Service):
         self.reorder_hold = 2.0
         self.echo_to_sender = False
         self.answer_joins = True
+        # Off: application pings go unanswered while everything else works (a half-dead server).
+        self.answer_pings = True
         self.broadcast = True
         self.chatter_interval: float | None = None
         self._chatter_wake = asyncio.Event()
@@ -504,7 +506,8 @@ class PubSubTarget(Service):
         ident = msg.get("id")
         echo_id = {"id": ident} if "id" in msg else {}
         if kind == "ping":
-            session.reply({"type": "pong", **echo_id})
+            if self.answer_pings:
+                session.reply({"type": "pong", **echo_id})
         elif not isinstance(room, str) or not room:
             session.reply({"type": "error", "reason": "room_required", **echo_id})
         elif kind == "join":

@@ -6,7 +6,7 @@ from typing import Final
 from pydantic import Field, field_validator
 
 from probed.config.durations import Seconds
-from probed.config.schema.common import StrictModel
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import _fail
 
 _NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$"
@@ -51,6 +51,15 @@ class ProbeConfig(StrictModel):
     def adapter_label(self) -> str:
         """The `adapter` label of probe_info: which provider protocol (and mode) a probe speaks."""
         return ""
+
+    @property
+    def sessions(self) -> int:
+        """Connections the probe holds at once (a fan-out kind: publisher plus subscribers).
+
+        Summed over probes and bounded by the Config, so that `probed check` refuses a config
+        that would run the daemon out of descriptors, not the daemon at 3 am.
+        """
+        return 1
 
     def slo_thresholds(self) -> tuple[float, ...]:
         """The probe's SLO thresholds; each becomes an exact bucket boundary of its histograms."""

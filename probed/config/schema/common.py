@@ -1,36 +1,21 @@
 """StrictModel, the base of every config model, and the sub-models probe kinds share."""
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from probed.config.durations import DURATION_PATTERN, Seconds, format_duration
-from probed.config.validation import Problem, _fail, _LoadContext, _problems_error
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _check_semantics(self) -> Self:
-        problems = self._semantic_problems()
-        if problems:
-            raise _problems_error(problems)
-        return self
-
-    def _semantic_problems(self) -> list[Problem]:
-        """Cross-field checks; runs only once every field is individually valid."""
-        return []
+from probed.config.files import FileRefused, check_regular
+from probed.config.schema.scripting import FilterConfig
+from probed.config.schema.strict import StrictModel
+from probed.config.validation import Problem, _fail, _LoadContext
 
 
 def _readable_file(value: Path, info: ValidationInfo) -> Path:
@@ -40,8 +25,9 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
         # systemd or in a container is rarely where the operator thinks it is.
         path = info.context.base_dir / value
     try:
-        with path.open("rb"):
-            pass
+        check_regular(path)
+    except FileRefused as exc:
+        raise _fail(str(exc)) from None
     except FileNotFoundError:
         raise _fail(f"file {path} does not exist") from None
     except IsADirectoryError:
@@ -120,10 +106,19 @@ class KeepaliveConfig(StrictModel):
         default=10.0, description="no pong (or no data) this long after: the session stalled"
     )
     message: str | None = Field(
-        default=None, description='text sent as keepalive; only with mode "message"'
+        default=None,
+        description='mode "message": the heartbeat sent every interval, a template ({probe}, '
+        "{seq}, {send_time} and the setup steps' captures)",
+    )
+    expect: FilterConfig | None = Field(
+        default=None,
+        description='mode "message": the answer each heartbeat must get within timeout, else the '
+        "session stalled (answers are kept from the probe's own reading)",
     )
 
     def _semantic_problems(self) -> list[Problem]:
+        if self.expect is not None and self.mode != "message":
+            return [(("expect",), 'only used when mode is "message"')]
         if self.mode == "message" and not self.message:
             return [(("message",), 'required when mode is "message"')]
         if self.mode != "message" and self.message is not None:

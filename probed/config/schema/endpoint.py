@@ -13,9 +13,11 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_core import PydanticCustomError
 
-from probed.config.schema.common import ConnectionConfig, ReadableFile, StrictModel, TlsConfig
+from probed.config.files import FileRefused, read_secret
+from probed.config.schema.common import ConnectionConfig, ReadableFile, TlsConfig
 from probed.config.schema.framing import FramingConfig
 from probed.config.schema.scripting import SetupStepConfig, check_steps
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail, _problems_error
 
 # RFC 9110 token: what a header name or a subprotocol may be made of.
@@ -162,9 +164,11 @@ class Endpoint(StrictModel):
             )
         elif self.bearer_token_file is not None:
             try:
-                token = self.bearer_token_file.read_text(encoding="utf-8").strip()
+                token = read_secret(self.bearer_token_file).decode("utf-8").strip()
                 _check_token_text(token)
                 self._file_token = SecretStr(token)
+            except FileRefused as exc:
+                problems.append((("bearer_token_file",), str(exc)))
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or "not UTF-8 text"
                 problems.append((("bearer_token_file",), f"cannot read the token: {reason}"))

@@ -61,5 +61,9 @@ class FanoutProbeConfig(ProbeConfig):
     def target(self) -> str:
         return self.publisher.target
 
+    @property
+    def sessions(self) -> int:
+        return 1 + self.subscribers.count
+
     def slo_thresholds(self) -> tuple[float, ...]:
         return (self.slo.latency,)

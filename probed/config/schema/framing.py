@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from probed.config.schema.common import StrictModel
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem
 
 

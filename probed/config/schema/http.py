@@ -6,8 +6,8 @@ from pydantic import Field, field_validator
 
 from probed.config.durations import Seconds, format_duration
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import StrictModel
 from probed.config.schema.endpoint import HttpEndpoint
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail
 
 _MAX_BODY: Final = 1 << 20

@@ -10,11 +10,15 @@ from pydantic import Field, create_model, field_validator
 from probed.config.defaults import accepted_keys
 from probed.config.durations import Seconds
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import StrictModel
 from probed.config.schema.probes import PROBE_KINDS, probe_union
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail, _problems_error
 from probed.labels import RESERVED_LABEL_NAMES
 
+# Each session is a descriptor (two behind a proxy) and some memory; past these a config is a
+# mistake or needs more than one probed.
+MAX_SESSIONS_PER_PROBE: Final = 1_000
+MAX_SESSIONS: Final = 10_000
 _LABEL_NAME_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _HOSTNAME_RE: Final = re.compile(
     r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
@@ -133,7 +137,30 @@ class Config(StrictModel):
                     (("defaults", key), "no probe kind has this key (or it cannot be inherited)")
                 )
         problems += duplicate_name_problems([probe.name for probe in self.probes])
+        for index, probe in enumerate(self.probes):
+            if probe.sessions > MAX_SESSIONS_PER_PROBE:
+                problems.append(
+                    (
+                        ("probes", index),
+                        f"holds {probe.sessions} sessions; at most {MAX_SESSIONS_PER_PROBE} "
+                        "per probe",
+                    )
+                )
+        total = self.sessions
+        if total > MAX_SESSIONS:
+            problems.append(
+                (
+                    ("probes",),
+                    f"{total} sessions in all; one probed holds at most {MAX_SESSIONS} "
+                    "(split the probes over several)",
+                )
+            )
         return problems
+
+    @property
+    def sessions(self) -> int:
+        """Sessions every probe together holds: each is at least one file descriptor."""
+        return sum(probe.sessions for probe in self.probes)
 
 
 def duplicate_name_problems(names: Sequence[object]) -> list[Problem]:

@@ -11,7 +11,7 @@ from typing import Any, Final
 from pydantic import Field, field_validator
 
 from probed.config.durations import Seconds
-from probed.config.schema.common import StrictModel
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail
 from probed.matching import Condition, Filter, JsonPath, equals, exists, one_of, regex
 from probed.template import check_template

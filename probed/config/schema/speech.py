@@ -6,8 +6,9 @@ from pydantic import Field, PrivateAttr, SecretStr
 
 from probed.config.durations import Seconds, format_duration
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import ExistingDir, ReadableFile, StrictModel
+from probed.config.schema.common import ExistingDir, ReadableFile
 from probed.config.schema.endpoint import WebSocketEndpoint
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem
 
 SpeechAdapterName = Literal["deepgram", "assemblyai", "generic"]
