@@ -246,7 +246,7 @@ async def test_reload_keeps_an_unchanged_webrtc_probe(
     d = await start_daemon(load_config(path), path)
     await wait_until(lambda: d.value("probe_connections_open", probe="rtc") == 1, within=15)
     path.write_text(webrtc_yaml(reflect.url) + probe_yaml(reflect.url, name="rtc2"))
-    ok, summary = d.daemon.reload()
+    ok, summary = await d.daemon.reload()
     assert ok and "kept: 1" in summary and "started: 1" in summary, summary
     await wait_until(lambda: d.value("probe_connections_open", probe="rtc2") == 1, within=15)
     assert reflect.posts == 2  # rtc's session was not touched

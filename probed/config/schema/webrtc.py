@@ -12,8 +12,9 @@ from pydantic import Field, SecretStr, field_validator
 
 from probed.config.durations import Seconds, format_duration
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import ReconnectConfig, StrictModel
+from probed.config.schema.common import ReconnectConfig
 from probed.config.schema.endpoint import HttpEndpoint
+from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem, _fail
 
 # The known signal (a 100 ms chirp) and its echo window must fit between two signals.
