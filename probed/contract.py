@@ -77,9 +77,13 @@ FAMILIES: Final[tuple[Family, ...]] = (
     # WebRTC.
     _f("probe_webrtc_setup_seconds", "histogram"),
     _f("probe_webrtc_rtt_seconds", "histogram"),
-    _f("probe_webrtc_jitter_seconds", "gauge"),
-    _f("probe_webrtc_packets_lost_total", "counter"),
+    # direction: inbound (the far end's audio as we receive it) or outbound (ours, as the far
+    # end reports it over RTCP).
+    _f("probe_webrtc_jitter_seconds", "gauge", "direction"),
+    _f("probe_webrtc_packets_lost_total", "counter", "direction"),
     _f("probe_webrtc_audio_roundtrip_seconds", "histogram"),
+    _f("probe_webrtc_client_buffering_seconds", "histogram"),
+    _f("probe_webrtc_echoes_total", "counter", "result"),
 )
 BY_NAME: Final = {f.name: f for f in FAMILIES}
 

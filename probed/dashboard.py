@@ -361,20 +361,49 @@ def build() -> dict[str, Any]:
         "Audio round trip (known signal)",
         _quantiles("probe_webrtc_audio_roundtrip_seconds", (0.5, 0.95)),
         width=8,
+        slo=0.3,
+        description="Known signal out to its echo's packets back, without the probe's own "
+        "receive buffering; the dashed line is the default SLO (300 ms).",
+    )
+    lay.panel(
+        "Client buffering (p50)",
+        _quantiles("probe_webrtc_client_buffering_seconds", (0.5,)),
+        width=6,
+        description="What a plain aiortc client's jitter buffer and decoder would add on top: "
+        "the probe's own share, kept out of the round trip.",
+    )
+    lay.panel(
+        "Echo results",
+        [
+            _q(
+                f"sum by (result) (increase(probe_webrtc_echoes_total{{{SEL}}}[{RATE}]))",
+                "{{result}}",
+            )
+        ],
+        unit="short",
+        width=6,
     )
     lay.panel(
         "Jitter",
-        [_q(f"max by (probe) (probe_webrtc_jitter_seconds{{{SEL}}})", "{{probe}}")],
+        [
+            _q(
+                f"max by (probe, direction) (probe_webrtc_jitter_seconds{{{SEL}}})",
+                "{{probe}} {{direction}}",
+            )
+        ],
+        width=6,
     )
     lay.panel(
         "Packets lost",
         [
             _q(
-                f"sum by (probe) (rate(probe_webrtc_packets_lost_total{{{SEL}}}[{RATE}]))",
-                "{{probe}}",
+                "sum by (probe, direction) "
+                f"(rate(probe_webrtc_packets_lost_total{{{SEL}}}[{RATE}]))",
+                "{{probe}} {{direction}}",
             )
         ],
         unit="pps",
+        width=6,
     )
 
     lay.row("probed itself")

@@ -7,11 +7,13 @@ The embedded config is ordinary probed YAML, printed at start so a new user can 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import TextIO
 
 from probed import __version__
 from probed.config import parse_config
+from probed.config.schema.webrtc import webrtc_extra_missing
 from probed.daemon import Daemon
 from probed.status import RECENT, ProbeStatus
 from probed.targets.echo import EchoTarget
@@ -91,6 +93,17 @@ probes:
     slo: {{latency: 200ms}}
 """
 
+# Added when the webrtc extra is installed.
+DEMO_WEBRTC = """\
+  # WebRTC audio over WHIP: a known chirp every second, its echo timed where its packets
+  # arrive (the probe's own jitter buffer is a separate figure). The endpoint sends every
+  # packet back 20 ms later, so the round trip is 20 ms plus the probe's small base.
+  - name: webrtc-echo
+    kind: webrtc
+    url: {whip}
+    interval: 1s
+"""
+
 _FAULT_EVERY = 30.0
 
 
@@ -139,6 +152,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         PubSubTarget(delay=0.01, jitter=0.005, chatter_interval=1.0) as room,
         SttTarget("deepgram", fast=True, delay=0.15, jitter=0.03) as stt,
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
+        contextlib.AsyncExitStack() as stack,
     ):
         text = DEMO_CONFIG.format(
             fast=fast.url,
@@ -148,6 +162,14 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             room=room.url,
             stt=stt.url,
         )
+        if not webrtc_extra_missing():
+            from probed.targets.whip import EchoMode, WhipTarget
+            from probed.webrtc.loopback import loopback_candidates
+
+            # Both peers on 127.0.0.1: nothing of the demo leaves the machine.
+            stack.enter_context(loopback_candidates())
+            whip = await stack.enter_async_context(WhipTarget(delay=0.02, mode=EchoMode.REFLECT))
+            text += DEMO_WEBRTC.format(whip=whip.url)
         config = parse_config(text, source="<demo>")
         daemon = Daemon(config, listen=listen or DEMO_LISTEN)
         runner = asyncio.create_task(daemon.run())

@@ -56,6 +56,8 @@ LATENCY_BUCKETS: Final = (
     10.0,
     30.0,
 )
+# How late audio frames leave against their real-time schedule (speech and WebRTC audio alike).
+SEND_LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # Bounded label values, pre-created at zero so that rate() and alerts see the series before the
@@ -268,8 +270,12 @@ class ProbeMetrics:
 
         return self._family(name, make)
 
-    def gauge(self, name: str, documentation: str) -> Gauge:
-        return self._family(name, lambda: self.registry.register(Gauge(name, documentation)))
+    def gauge(self, name: str, documentation: str, label: str | None = None) -> Gauge:
+        """A gauge, optionally with one bounded label (no series until a value is set)."""
+        return self._family(
+            name,
+            lambda: self.registry.register(Gauge(name, documentation, [label] if label else [])),
+        )
 
     def _family(self, name: str, make: Callable[[], _F]) -> _F:
         found = self._families.get(name)
@@ -412,9 +418,13 @@ class SessionMetrics:
 
 
 class DaemonMetrics:
-    """The daemon's own health: build, config reloads, event-loop lag (probe crashes: per probe)."""
+    """The daemon's own health: build, config reloads, event-loop lag (probe crashes: per probe).
 
-    def __init__(self) -> None:
+    `process=False` leaves out the process_* families, whose values move on their own (tests
+    that compare two renders).
+    """
+
+    def __init__(self, *, process: bool = True) -> None:
         self.registry = reg = pc.CollectorRegistry(auto_describe=True)
         self._build = pc.Gauge(
             "probed_build_info",
@@ -438,8 +448,9 @@ class DaemonMetrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=reg,
         )
-        # process_*: RSS, CPU, open and max descriptors, start time, as every exporter has them.
-        pc.ProcessCollector(registry=reg)
+        if process:
+            # process_*: RSS, CPU, open and max descriptors, start time, as every exporter has.
+            pc.ProcessCollector(registry=reg)
 
     def running_on(self, event_loop: str) -> None:
         self._build.clear()

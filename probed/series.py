@@ -91,6 +91,12 @@ class _Parent(Family, Generic[_C]):
         if self._children.pop(values, None) is not None:
             self.version += 1
 
+    def clear(self) -> None:
+        """Drop every labelled series (a family without labels keeps its one series)."""
+        if self.labelnames and self._children:
+            self._children.clear()
+            self.version += 1
+
     def children(self) -> list[tuple[Labels, _C]]:
         # list() of a dict is one C call: safe to take from a worker thread while the loop adds.
         return list(self._children.items())
@@ -268,6 +274,13 @@ class Registry:
     def register(self, family: _F) -> _F:
         self.families.append(family)
         return family
+
+    def unregister(self, family: Family) -> None:
+        """Stop exporting a family (the exposition walks this list on every render)."""
+        try:
+            self.families.remove(family)
+        except ValueError:
+            raise KeyError(family.name) from None
 
     def get_sample_value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         wanted = dict(labels or {})

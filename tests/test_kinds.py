@@ -128,6 +128,7 @@ async def test_one_of_three_sessions_dropping_reads_two_open(
 ) -> None:
     d = await start_daemon(config(room_yaml(echo.url, subscribers=2)))
     await wait_until(lambda: d.count("probe_room_hellos_total", probe="room") == 3)
+    await wait_until(lambda: d.value("probe_connections_open", probe="plain") == 1)
     # One session ends with an application timeout; its reconnect is 30 s away, so the count
     # stays down while we look.
     RoomProbe.drop.set()

@@ -24,7 +24,7 @@ from probed.config.schema.speech import SpeechProbeConfig
 from probed.connection import Session, SessionEnded, Supervisor
 from probed.delivery import open_loop
 from probed.dial import ConnectError
-from probed.metrics import ProbeMetrics
+from probed.metrics import SEND_LAG_BUCKETS, ProbeMetrics
 from probed.speech import OUTCOMES, SetupError, UtteranceResult, close_session, open_session
 from probed.speech.fixtures import load_utterances
 from probed.speech.provider import ProviderEndpoint, build_adapter
@@ -32,7 +32,6 @@ from probed.speech.session import keep_alive
 from probed.speech.utterance import run_utterance
 
 WER_BUCKETS: Final = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
-SEND_LAG_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 
 
 class ProviderSetupFailed(SessionEnded):

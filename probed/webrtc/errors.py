@@ -13,6 +13,8 @@ class WebRtcError(Exception):
     may say more but never reaches a label.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        # Seconds the server asked us to wait (Retry-After on a refused WHIP POST), if any.
+        self.retry_after = retry_after

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from probed.dial import parse_retry_after
 from probed.webrtc.errors import WebRtcError
 
 SDP = "application/sdp"
@@ -98,10 +99,11 @@ async def post_offer(
             status, location = resp.status, resp.headers.get("Location")
             content_type, answered_url = resp.content_type, resp.url
             etag = resp.headers.get("ETag")
+            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     except (aiohttp.ClientError, ValueError) as exc:
         raise classify_client_error(exc) from exc
     if status != 201:
-        raise WebRtcError(_http_status_reason(status), "WHIP POST not created")
+        raise WebRtcError(_http_status_reason(status), "WHIP POST not created", retry_after)
     if not location:
         raise WebRtcError("no_location", "201 without a Location header")
     if content_type != SDP:
