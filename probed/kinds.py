@@ -21,6 +21,7 @@ from probed.config.schema.fanout import FanoutProbeConfig
 from probed.config.schema.http import HttpProbeConfig
 from probed.config.schema.probes import register_model, unregister_model
 from probed.config.schema.speech import SpeechProbeConfig
+from probed.config.schema.voice_agent import VoiceAgentProbeConfig
 
 if TYPE_CHECKING:
     from probed.metrics import ProbeMetrics, TaintCheck
@@ -61,6 +62,7 @@ BUILT_IN: Final = (
     Kind(HttpProbeConfig, "probed.probes.http:HttpProbe"),
     Kind(FanoutProbeConfig, "probed.probes.fanout:FanoutProbe", roles=("publisher", "subscriber")),
     Kind(SpeechProbeConfig, "probed.probes.speech:SpeechProbe"),
+    Kind(VoiceAgentProbeConfig, "probed.probes.voice_agent:VoiceAgentProbe"),
 )
 
 _KINDS: dict[str, Kind] = {}
