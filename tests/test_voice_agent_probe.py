@@ -322,6 +322,8 @@ def test_bad_options_fixtures_and_expectations_are_check_errors() -> None:
         config(base + "    expect: {create_function: {tool: other}}\n")
     with pytest.raises(Exception, match="never played"):
         config(base + "    fixtures: [run_tests]\n    expect: {create_function: {}}\n")
+    with pytest.raises(Exception, match="not both"):
+        config(base + "    api_key: k\n    ephemeral_token: t\n")
     # Default expectations for fixtures that are not played are fine.
     assert config(base + "    fixtures: [lights_on]\n").probes[0].name == "x"
 

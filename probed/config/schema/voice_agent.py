@@ -161,6 +161,8 @@ class VoiceAgentProbeConfig(WebSocketEndpoint, ProbeConfig):
             except (OSError, UnicodeDecodeError) as exc:
                 reason = getattr(exc, "strerror", None) or "not UTF-8 text"
                 problems.append((("api_key_file",), f"cannot read the key: {reason}"))
+        if self.ephemeral_token is not None and (self.api_key or self.api_key_file):
+            problems.append((("ephemeral_token",), "set an API key or a token, not both"))
         for clip_id, expectation in self.expect.items():
             if expectation is not None and expectation.tool not in (None, self.tool.name):
                 problems.append(
