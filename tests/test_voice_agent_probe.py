@@ -351,3 +351,30 @@ async def test_golden_exposition_of_the_voice_agent_kind(start_daemon: StartDaem
     if os.environ.get("PROBED_UPDATE_GOLDEN"):
         golden.write_text(got)
     assert got == golden.read_text(), "the voice_agent kind's metric contract changed"
+
+
+async def test_a_session_limit_without_go_away_is_a_disconnect_not_a_resumption(
+    start_daemon: StartDaemon,
+) -> None:
+    # OpenAI: session_expired (fatal: the probe ends the session as the server's doing) then a
+    # close (1001); no go-away, nothing to resume.
+    behaviour = VoiceBehaviour(delay=0.05, answer_seconds=0.2, session_limit=0.6)
+    async with VoiceTarget("openai", behaviour=behaviour) as target:
+        extra = (
+            "    end_of_speech: flush\n    interval: 300ms\n    fixtures: [run_tests]\n"
+            "    connection: {reconnect: {initial: 50ms, max: 100ms}}\n"
+        )
+        d = await start_daemon(config("probes:" + probe_yaml("limit", "openai", target.url, extra)))
+        await poll_until(
+            lambda: d.count("probe_disconnects_total", probe="limit", reason="server_close") >= 2,
+            15,
+            "two session-limit disconnects",
+        )
+        assert d.count("probe_disconnects_total", probe="limit", reason="go_away") == 0
+        assert (
+            sum(
+                d.count("probe_voice_resumptions_total", probe="limit", result=r)
+                for r in ("resumed", "fresh", "refused")
+            )
+            == 0
+        )
