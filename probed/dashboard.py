@@ -128,6 +128,70 @@ def _within_slo(slo: Slo) -> dict[str, Any]:
     )
 
 
+def _voice_panels(lay: _Layout) -> None:
+    """The voice agent beyond its SLO panels: as heard, barge-in, the provider's view."""
+    lay.panel(
+        "Voice turn (first sound, playback clock)",
+        _quantiles("probe_voice_turn_seconds", (0.5, 0.95)),
+        width=8,
+        description="End of speech to the first non-silent answer audio as the user hears it.",
+    )
+    lay.panel(
+        "Voice barge-in (interruption to yield)",
+        _quantiles("probe_voice_bargein_seconds", (0.5, 0.95)),
+        width=8,
+    )
+    lay.panel(
+        "Voice: where the time went (provider's view)",
+        [
+            *_quantiles("probe_voice_provider_eos_seconds", (0.5,)),
+            _q(
+                f"sum by (probe) (rate(probe_voice_provider_endpoint_seconds_sum{{{SEL}}}[{RATE}]))"
+                f"\n/\nsum by (probe) "
+                f"(rate(probe_voice_provider_endpoint_seconds_count{{{SEL}}}[{RATE}]))",
+                "endpointing (mean) {{probe}}",
+                "B",
+            ),
+        ],
+        width=8,
+        description="The provider's end-of-speech event after the fixture's end of speech, and "
+        "its own endpointing offset on its audio clock (OpenAI audio_end_ms).",
+    )
+    lay.panel(
+        "Voice turns, tool calls, barge-ins by result",
+        [
+            _q(
+                f"sum by (result) (increase(probe_voice_turns_total{{{SEL}}}[{RATE}]))",
+                "turn {{result}}",
+            ),
+            _q(
+                f"sum by (result) (increase(probe_voice_tool_calls_total{{{SEL}}}[{RATE}]))",
+                "tool call {{result}}",
+                "B",
+            ),
+            _q(
+                f"sum by (result) (increase(probe_voice_bargeins_total{{{SEL}}}[{RATE}]))",
+                "barge-in {{result}}",
+                "C",
+            ),
+            _q(
+                f"sum by (result) (increase(probe_voice_resumptions_total{{{SEL}}}[{RATE}]))",
+                "after go-away {{result}}",
+                "D",
+            ),
+        ],
+        unit="short",
+        width=12,
+    )
+    lay.panel(
+        "Voice go-away to the next session ready",
+        _quantiles("probe_voice_resume_seconds", (0.5, 0.95)),
+        width=12,
+        description="Includes the turn in flight, measured to its end before the session "
+        "drains; resumed with a handle, fresh or refused: see the panel beside.",
+    )
+
+
 def build() -> dict[str, Any]:
     rtt, delivery, stt, tool = SLOS
     lay = _Layout()
@@ -351,6 +415,7 @@ def build() -> dict[str, Any]:
         width=8,
         description="How late audio chunks left against their schedule: a starved probe.",
     )
+    _voice_panels(lay)
 
     lay.row("WebRTC")
     lay.panel(

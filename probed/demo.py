@@ -20,6 +20,7 @@ from probed.targets.echo import EchoTarget
 from probed.targets.proxy import FaultProxy
 from probed.targets.pubsub import PubSubTarget
 from probed.targets.stt import SttTarget
+from probed.targets.voice import VoiceBehaviour, VoiceTarget
 
 DEMO_LISTEN = "127.0.0.1:9464"
 _SUMMARY_EVERY = 5.0
@@ -85,6 +86,18 @@ probes:
     interval: 4s
     end_of_speech: flush
     fixtures: [lights_on, run_tests, weather_question, create_function]
+  # A voice agent: a Gemini Live-protocol emulator (fast recogniser: it matches the bundled
+  # fixtures instead of decoding them). create_function must call generate_code (400 ms), the
+  # spoken answer follows; every third turn the probe talks over the answer (it yields after
+  # 100 ms); every minute the emulator sends a go-away and the probe resumes the session.
+  - name: voice-gemini
+    kind: voice_agent
+    adapter: gemini_live
+    url: {voice}
+    interval: 6s
+    end_of_speech: flush
+    fixtures: [create_function, run_tests, lights_on]
+    barge_in: {{every: 3, fixture: stop_music}}
   # The HTTP API beside the realtime service (here: the echo target's status endpoint).
   - name: api-status
     kind: http
@@ -105,6 +118,10 @@ DEMO_WEBRTC = """\
 """
 
 _FAULT_EVERY = 30.0
+_VOICE = VoiceBehaviour(
+    delay=0.25, tool_delay=0.4, answer_seconds=1.0, yield_delay=0.1, session_limit=60.0,
+    go_away_lead=5.0,
+)  # fmt: skip
 
 
 def _fmt_ms(seconds: float | None) -> str:
@@ -151,6 +168,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
         EchoTarget() as behind_proxy,
         PubSubTarget(delay=0.01, jitter=0.005, chatter_interval=1.0) as room,
         SttTarget("deepgram", fast=True, delay=0.15, jitter=0.03) as stt,
+        VoiceTarget("gemini", behaviour=_VOICE) as voice,
         FaultProxy("127.0.0.1", behind_proxy.port) as proxy,
         contextlib.AsyncExitStack() as stack,
     ):
@@ -161,6 +179,7 @@ async def run_demo(listen: str | None = None, duration: float | None = None) -> 
             api=f"{fast.control_url}status",
             room=room.url,
             stt=stt.url,
+            voice=voice.url,
         )
         if not webrtc_extra_missing():
             from probed.targets.whip import EchoMode, WhipTarget

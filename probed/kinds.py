@@ -21,6 +21,7 @@ from probed.config.schema.fanout import FanoutProbeConfig
 from probed.config.schema.http import HttpProbeConfig
 from probed.config.schema.probes import register_model, unregister_model
 from probed.config.schema.speech import SpeechProbeConfig
+from probed.config.schema.voice_agent import VoiceAgentProbeConfig
 from probed.config.schema.webrtc import WebRtcProbeConfig
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ BUILT_IN: Final = (
     Kind(FanoutProbeConfig, "probed.probes.fanout:FanoutProbe", roles=("publisher", "subscriber")),
     Kind(SpeechProbeConfig, "probed.probes.speech:SpeechProbe"),
     Kind(WebRtcProbeConfig, "probed.probes.webrtc:WebRtcProbe"),
+    Kind(VoiceAgentProbeConfig, "probed.probes.voice_agent:VoiceAgentProbe"),
 )
 
 _KINDS: dict[str, Kind] = {}

@@ -16,10 +16,11 @@ from probed.adapters import (
     SpeechAdapter,
 )
 from probed.audio.errors import AudioError
-from probed.config.schema.common import ConnectionConfig, TlsConfig
+from probed.config.schema.common import ConnectionConfig, KeepaliveConfig, TlsConfig
 from probed.config.schema.framing import FramingConfig
 from probed.config.schema.scripting import SetupStepConfig
 from probed.config.schema.speech import SpeechProbeConfig
+from probed.config.schema.voice_agent import VoiceAgentProbeConfig
 from probed.config.validation import Problem
 from probed.speech.fixtures import load_utterances
 
@@ -55,7 +56,7 @@ def check_speech_config(cfg: SpeechProbeConfig) -> list[Problem]:
 class ProviderEndpoint:
     """The probe's endpoint settings with the adapter's URL and headers (auth, query)."""
 
-    cfg: SpeechProbeConfig
+    cfg: SpeechProbeConfig | VoiceAgentProbeConfig
     adapter: SpeechAdapter
 
     @property
@@ -76,7 +77,13 @@ class ProviderEndpoint:
 
     @property
     def connection(self) -> ConnectionConfig:
-        return self.cfg.connection
+        connection = self.cfg.connection
+        if not self.adapter.connect_request().library_pings and connection.keepalive.mode == "ping":
+            # The provider answers WebSocket pings too slowly (Gemini Live: 8-30 s): the ping
+            # keepalive would end healthy sessions. The audio itself, and the turn timeouts,
+            # show a dead session; a `message` keepalive still applies if configured.
+            return connection.model_copy(update={"keepalive": KeepaliveConfig(mode="off")})
+        return connection
 
     @property
     def setup(self) -> Sequence[SetupStepConfig]:

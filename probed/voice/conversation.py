@@ -223,6 +223,13 @@ class Conversation:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def interrupted(self) -> None:
+        """Returns once the provider has announced a go-away or the connection is lost: for a
+        caller waiting between turns, which must not sleep through either."""
+        while self.go_away is None and self.transport_error is None:
+            self._changed.clear()
+            await self._changed.wait()
+
     # -- the microphone -------------------------------------------------------------------
 
     async def _microphone(self) -> None:

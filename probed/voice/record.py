@@ -36,7 +36,7 @@ class CounterFamily(Protocol):
 
 
 class HistogramFamily(Protocol):
-    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None: ...
+    def observe(self, value: float) -> None: ...
 
 
 class Families(Protocol):
