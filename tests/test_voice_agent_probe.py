@@ -153,7 +153,7 @@ async def test_latencies_track_the_delays_and_wrong_or_missing_calls_are_counted
 
         await poll_until(
             enough,
-            within=30,
+            within=60,
             what="three turns each",
             show=lambda: (
                 [(s.probe, s.values) for three in samples.values() for s in three]
@@ -258,7 +258,12 @@ async def test_go_away_is_resumed_at_once_and_the_turn_in_flight_is_kept(
 
         await poll_until(resumed_twice, within=25, what="two resumptions")
         assert d.count("probe_disconnects_total", probe="resume", reason="go_away") >= 2
-        assert d.count("probe_voice_resume_seconds_count", probe="resume") >= 2
+
+        def timed_twice() -> bool:
+            # A resumption timed while the loop lagged is withheld (tainted): wait for a third.
+            return d.count("probe_voice_resume_seconds_count", probe="resume") >= 2
+
+        await poll_until(timed_twice, within=25, what="two resumptions timed")
         mean = d.count("probe_voice_resume_seconds_sum", probe="resume") / d.count(
             "probe_voice_resume_seconds_count", probe="resume"
         )

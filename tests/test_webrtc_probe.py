@@ -371,6 +371,7 @@ def test_the_demo_config_with_its_webrtc_probe_is_valid() -> None:
         api="http://127.0.0.1:1/-/status",
         room="ws://127.0.0.1:4/",
         stt="ws://127.0.0.1:6/v1/listen",
+        voice="ws://127.0.0.1:7/",
     ) + DEMO_WEBRTC.format(whip="http://127.0.0.1:5/whip")
     assert config(text).probes[-1].kind == "webrtc"
 
