@@ -7,13 +7,16 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: promtool and prometheus (prometheus), amtool and
 # alertmanager (prometheus-alertmanager), systemd-analyze (systemd), a CONNECT proxy (tinyproxy),
-# a headless browser for the status page (chromium).
+# a headless browser for the status page (chromium), flite and sox (the speech fixtures are
+# regenerated to check they reproduce).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v flite >/dev/null 2>&1 || missing+=(flite)
+command -v sox >/dev/null 2>&1 || missing+=(sox)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"
@@ -24,17 +27,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     echo "missing Debian packages: ${missing[*]}; run as root, or: sudo apt-get install ${missing[*]}" >&2
     exit 1
-  fi
-fi
-
-# flite and sox regenerate the speech fixtures (the reproducibility test skips without them).
-if ! command -v flite >/dev/null 2>&1 || ! command -v sox >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "== installing Debian's flite and sox (speech fixture generation)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends flite sox >/dev/null
-  else
-    echo "flite/sox not found: the fixture reproducibility test will be skipped" >&2
   fi
 fi
 
