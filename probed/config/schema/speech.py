@@ -1,18 +1,18 @@
 """The speech probe kind: fixture speech at real-time pace to a streaming STT provider."""
 
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import Field
 
 from probed.config.durations import Seconds, format_duration
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import ExistingDir, ReadableFile
+from probed.config.schema.common import ExistingDir
 from probed.config.schema.endpoint import WebSocketEndpoint
+from probed.config.schema.provider import ProviderKey
 from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem
 
 SpeechAdapterName = Literal["deepgram", "assemblyai", "generic"]
-_MAX_SECRET_FILE: Final = 64 * 1024
 
 
 class SpeechSloConfig(StrictModel):
@@ -22,13 +22,9 @@ class SpeechSloConfig(StrictModel):
     )
 
 
-class SpeechProbeConfig(WebSocketEndpoint, ProbeConfig):
+class SpeechProbeConfig(ProviderKey, WebSocketEndpoint, ProbeConfig):
     kind: Literal["speech"]
     adapter: SpeechAdapterName = Field(description="the provider's streaming protocol")
-    api_key: SecretStr | None = Field(default=None, description="the provider's API key")
-    api_key_file: ReadableFile | None = Field(
-        default=None, description="a file holding the API key (e.g. a systemd credential)"
-    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="the adapter's own settings (model, language, endpointing_ms, ...; for "
@@ -56,20 +52,8 @@ class SpeechProbeConfig(WebSocketEndpoint, ProbeConfig):
         default=SpeechSloConfig(), description="thresholds; each is a histogram bucket boundary"
     )
 
-    _file_key: SecretStr | None = PrivateAttr(default=None)
-
     def _semantic_problems(self) -> list[Problem]:
         problems = super()._semantic_problems()
-        if self.api_key is not None and self.api_key_file is not None:
-            problems.append((("api_key_file",), "set api_key or api_key_file, not both"))
-        elif self.api_key_file is not None:
-            try:
-                with self.api_key_file.open("rb") as f:
-                    key = f.read(_MAX_SECRET_FILE).decode("utf-8").strip()
-                self._file_key = SecretStr(key)
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-                problems.append((("api_key_file",), f"cannot read the key: {reason}"))
         if self.slo.final > self.final_timeout:
             limit = format_duration(self.final_timeout)
             problems.append((("slo", "final"), f"must not be longer than final_timeout ({limit})"))
@@ -80,11 +64,6 @@ class SpeechProbeConfig(WebSocketEndpoint, ProbeConfig):
 
             problems.extend(check_speech_config(self))
         return problems
-
-    @property
-    def key(self) -> str | None:
-        secret = self.api_key or self._file_key
-        return None if secret is None else secret.get_secret_value()
 
     @property
     def adapter_label(self) -> str:

@@ -3,17 +3,17 @@ OpenAI Realtime) that must call a declared tool and answer aloud."""
 
 from typing import Any, Final, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr
+from pydantic import Field, SecretStr
 
 from probed.config.durations import Seconds
 from probed.config.schema.base import ProbeConfig
-from probed.config.schema.common import ExistingDir, ReadableFile
+from probed.config.schema.common import ExistingDir
 from probed.config.schema.endpoint import WebSocketEndpoint
+from probed.config.schema.provider import ProviderKey
 from probed.config.schema.strict import StrictModel
 from probed.config.validation import Problem
 
 VoiceAdapterName = Literal["gemini_live", "openai_realtime"]
-_MAX_SECRET_FILE: Final = 64 * 1024
 DEFAULT_FIXTURES: Final = ("create_function", "run_tests")
 
 
@@ -92,16 +92,9 @@ class VoiceSloConfig(StrictModel):
     final: Seconds = Field(default=0.5, description="end of speech to the final user transcript")
 
 
-class VoiceAgentProbeConfig(WebSocketEndpoint, ProbeConfig):
+class VoiceAgentProbeConfig(ProviderKey, WebSocketEndpoint, ProbeConfig):
     kind: Literal["voice_agent"]
     adapter: VoiceAdapterName = Field(description="the provider's realtime protocol")
-    api_key: SecretStr | None = Field(
-        default=None,
-        description="the provider's API key (Gemini: x-goog-api-key header; OpenAI: bearer)",
-    )
-    api_key_file: ReadableFile | None = Field(
-        default=None, description="a file holding the API key (e.g. a systemd credential)"
-    )
     ephemeral_token: SecretStr | None = Field(
         default=None,
         description="a short-lived token instead of the key (Gemini: access_token query; "
@@ -148,20 +141,8 @@ class VoiceAgentProbeConfig(WebSocketEndpoint, ProbeConfig):
         default=VoiceSloConfig(), description="thresholds; each is a histogram bucket boundary"
     )
 
-    _file_key: SecretStr | None = PrivateAttr(default=None)
-
     def _semantic_problems(self) -> list[Problem]:
         problems = super()._semantic_problems()
-        if self.api_key is not None and self.api_key_file is not None:
-            problems.append((("api_key_file",), "set api_key or api_key_file, not both"))
-        elif self.api_key_file is not None:
-            try:
-                with self.api_key_file.open("rb") as f:
-                    key = f.read(_MAX_SECRET_FILE).decode("utf-8").strip()
-                self._file_key = SecretStr(key)
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
-                problems.append((("api_key_file",), f"cannot read the key: {reason}"))
         if self.ephemeral_token is not None and (self.api_key or self.api_key_file):
             problems.append((("ephemeral_token",), "set an API key or a token, not both"))
         for clip_id, expectation in self.expect.items():
@@ -178,11 +159,6 @@ class VoiceAgentProbeConfig(WebSocketEndpoint, ProbeConfig):
 
             problems.extend(check_voice_config(self))
         return problems
-
-    @property
-    def key(self) -> str | None:
-        secret = self.api_key or self._file_key
-        return None if secret is None else secret.get_secret_value()
 
     @property
     def token(self) -> str | None:
