@@ -86,6 +86,29 @@ class Service:
         await self.stop()
 
 
+class HttpService(Service):
+    """A Service served by an HttpServer: its port and the addresses of its endpoints."""
+
+    _http: HttpServer
+    _host: str
+    _tls = False
+
+    @property
+    def port(self) -> int:
+        return self._http.port
+
+    def address(self, path: str, *, websocket: bool = False) -> str:
+        scheme = "https" if self._tls else "http"
+        if websocket:
+            scheme = "wss" if self._tls else "ws"
+        return f"{scheme}://{url_host(self._host)}:{self.port}{path}"
+
+    @property
+    def control_url(self) -> str:
+        """The fault-control endpoints (/-/fault, /-/heal, /-/status)."""
+        return self.address("/-/")
+
+
 class HttpServer:
     """An aiohttp application on one TCP port, bound on start, with the real port exposed."""
 

@@ -21,14 +21,13 @@ from aiohttp import WSMessage, WSMsgType, web
 
 from probed.targets.control import (
     HttpServer,
-    Service,
+    HttpService,
     bad_request,
     get_bool,
     get_int,
     get_number,
     json_object,
     run_forever,
-    url_host,
 )
 
 # Codes a peer may put on the wire (RFC 6455 7.4); anything else makes a conforming client
@@ -91,7 +90,7 @@ class _Session:
                 return  # the session is closing; the reader side cleans up
 
 
-class EchoTarget(Service):
+class EchoTarget(HttpService):
     """Echoes every message after ``delay`` +/- ``jitter`` seconds, on ``/ws`` and ``/``.
 
     Faults take effect at once, for open sessions and new ones alike.
@@ -144,18 +143,8 @@ class EchoTarget(Service):
         await self._http.stop()
 
     @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
     def url(self) -> str:
-        scheme = "wss" if self._tls else "ws"
-        return f"{scheme}://{url_host(self._host)}:{self.port}/ws"
-
-    @property
-    def control_url(self) -> str:
-        scheme = "https" if self._tls else "http"
-        return f"{scheme}://{url_host(self._host)}:{self.port}/-/"
+        return self.address("/ws", websocket=True)
 
     @property
     def sessions(self) -> int:

@@ -47,14 +47,13 @@ from aiohttp import WSMsgType, web
 
 from probed.targets.control import (
     HttpServer,
-    Service,
+    HttpService,
     bad_request,
     get_bool,
     get_int,
     get_number,
     json_object,
     run_forever,
-    url_host,
 )
 
 _MAX_FRAME: Final = 64 * 1024
@@ -244,7 +243,7 @@ class _Session:
             truth.duplicated_ids.append(item.ident)
 
 
-class PubSubTarget(Service):
+class PubSubTarget(HttpService):
     """Rooms with join/leave, publish acks and broadcast, with faults; see the module docstring."""
 
     def __init__(
@@ -335,18 +334,8 @@ class PubSubTarget(Service):
         await self._http.stop()
 
     @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
     def url(self) -> str:
-        scheme = "wss" if self._tls else "ws"
-        return f"{scheme}://{url_host(self._host)}:{self.port}/ws"
-
-    @property
-    def control_url(self) -> str:
-        scheme = "https" if self._tls else "http"
-        return f"{scheme}://{url_host(self._host)}:{self.port}/-/"
+        return self.address("/ws", websocket=True)
 
     @property
     def sessions(self) -> int:

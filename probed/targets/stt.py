@@ -35,7 +35,7 @@ from aiohttp import WSMsgType, web
 
 from probed.audio.encoding import mulaw_decode
 from probed.audio.manifest import load_manifest
-from probed.targets.control import HttpServer, Service, run_forever, url_host
+from probed.targets.control import HttpServer, HttpService, run_forever
 from probed.targets.stt_engine import (
     RATE,
     Endpointer,
@@ -126,7 +126,7 @@ class _Wire:
     query: dict[str, str] = field(default_factory=dict)
 
 
-class SttTarget(Service):
+class SttTarget(HttpService):
     def __init__(
         self,
         protocol: SttProtocol = "deepgram",
@@ -187,12 +187,8 @@ class SttTarget(Service):
         await self._http.stop()
 
     @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
     def url(self) -> str:
-        return f"ws://{url_host(self._host)}:{self.port}{PATHS[self.protocol]}"
+        return self.address(PATHS[self.protocol], websocket=True)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

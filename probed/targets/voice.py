@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from probed.targets.control import HttpServer, Service, run_forever, url_host
+from probed.targets.control import HttpServer, HttpService, run_forever
 from probed.targets.voice_engine import (
     RATE,
     Endpointer,
@@ -100,7 +100,7 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-class VoiceTarget(Service):
+class VoiceTarget(HttpService):
     def __init__(
         self,
         protocol: Protocol = "gemini",
@@ -152,15 +152,10 @@ class VoiceTarget(Service):
         await self._http.stop()
 
     @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
     def url(self) -> str:
-        base = f"ws://{url_host(self._host)}:{self.port}"
         if self.protocol == "gemini":
-            return base + GEMINI_PATHS[0].format(v="v1beta")
-        return base + "/v1/realtime"
+            return self.address(GEMINI_PATHS[0].format(v="v1beta"), websocket=True)
+        return self.address("/v1/realtime", websocket=True)
 
     def spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.create_task(coro)

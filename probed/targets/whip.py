@@ -31,14 +31,13 @@ from aiohttp import web
 
 from probed.targets.control import (
     HttpServer,
-    Service,
+    HttpService,
     bad_request,
     get_bool,
     get_int,
     get_number,
     json_object,
     run_forever,
-    url_host,
 )
 
 if TYPE_CHECKING:
@@ -170,7 +169,7 @@ def _make_echo_track(target: WhipTarget) -> Any:
     return EchoTrack()
 
 
-class WhipTarget(Service):
+class WhipTarget(HttpService):
     """A WHIP endpoint at ``/whip``; sessions at ``/whip/session/<id>``.
 
     ``delay`` seconds are added to every echoed packet or frame. Faults change at once for new
@@ -221,20 +220,12 @@ class WhipTarget(Service):
         await self._http.stop()
 
     @property
-    def port(self) -> int:
-        return self._http.port
-
-    @property
     def url(self) -> str:
-        return f"http://{url_host(self._host)}:{self.port}/whip"
+        return self.address("/whip")
 
     @property
     def sessions(self) -> int:
         return len(self._sessions)
-
-    @property
-    def control_url(self) -> str:
-        return f"http://{url_host(self._host)}:{self.port}/-/"
 
     def refuse(self, status: int | None, retry_after: int | None = None) -> None:
         if status is not None and not 400 <= status <= 599:
