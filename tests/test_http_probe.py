@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from probed.config import ProbeConfig
 from probed.probes.http import HttpProbe
 from tests.conftest import RunningDaemon, config, parse_exposition, wait_until
 from tests.test_exposition import render
+from tests.test_hostile_peers import rss_bytes
 
 StartDaemon = Callable[..., Awaitable[RunningDaemon]]
 CANARY = "canary-http-5ecret"
@@ -153,3 +155,61 @@ async def test_golden_exposition_of_the_http_kind(api: Api, start_daemon: StartD
     if os.environ.get("PROBED_UPDATE_GOLDEN"):
         golden.write_text(got)
     assert got == golden.read_text(), "the http kind's metric contract changed"
+
+
+async def _slow_body(request: web.Request) -> web.StreamResponse:
+    """The body in two pieces, the expected text only in the second, a pause between."""
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    await resp.write(b'{"padding": "' + b"x" * 70_000 + b'", ')
+    await asyncio.sleep(0.25)
+    await resp.write(b'"rooms": 3}')
+    await resp.write_eof()
+    return resp
+
+
+async def _gzip_bomb(request: web.Request) -> web.Response:
+    """64 MiB of zeros, gzip-compressed to about 64 KiB: decoded, far past the read bound."""
+    return web.Response(body=BOMB, headers={"Content-Encoding": "gzip"})
+
+
+BOMB = gzip.compress(bytes(64 << 20), compresslevel=9)
+
+
+@pytest.fixture
+async def body_server() -> AsyncIterator[int]:
+    app = web.Application()
+    app.router.add_get("/slow", _slow_body)
+    app.router.add_get("/bomb", _gzip_bomb)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield runner.addresses[0][1]
+    await runner.cleanup()
+
+
+async def test_a_body_in_pieces_is_timed_and_checked_to_its_end(
+    body_server: int, start_daemon: StartDaemon
+) -> None:
+    text = http_yaml(body_server).replace("/api/rooms", "/slow").replace("50ms", "400ms")
+    # Each measurement spans a 250 ms pause: on a busy test machine the strict default taint
+    # rule would withhold most of them, and this test is about what is timed, not the rule.
+    d = await start_daemon(config("global: {loop_lag_threshold: 100ms}\n" + text))
+    await wait_until(lambda: d.count("probe_http_requests_total", probe="api", result="ok") >= 2)
+    assert d.count("probe_http_requests_total", probe="api", result="body") == 0
+    count = d.count("probe_http_duration_seconds_count", probe="api")
+    # Timed to the last byte: the server's pause between the pieces is in every measurement.
+    assert d.count("probe_http_duration_seconds_sum", probe="api") / count >= 0.25
+
+
+async def test_a_compression_bomb_is_read_only_to_the_bound(
+    body_server: int, start_daemon: StartDaemon
+) -> None:
+    text = http_yaml(body_server).replace("/api/rooms", "/bomb").replace("50ms", "200ms")
+    before = rss_bytes()
+    d = await start_daemon(config(text))
+    # All zeros: never contains the expected text, but read, decoded and judged, not a crash.
+    await wait_until(lambda: d.count("probe_http_requests_total", probe="api", result="body") >= 5)
+    assert d.count("probed_probe_restarts_total", probe="api") == 0
+    assert rss_bytes() - before < 200 << 20

@@ -27,6 +27,20 @@ RESULTS: Final = ("ok", "status", "body", "timeout", "error", "skipped")
 _READ_LIMIT: Final = 8 << 20  # a body larger than this is read no further: still timed
 
 
+async def _read_bounded(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body to its end, or its first `limit` bytes (after decoding): one read returns only
+    what has arrived, so a body in several pieces would be timed and checked by its first."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        part = await stream.read(limit - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
+
+
 # Most specific first: proxy and TLS failures are also ClientConnectorErrors.
 _REASONS: Final[tuple[tuple[type[BaseException] | UnionType, str], ...]] = (
     (aiohttp.ClientConnectorDNSError, "dns"),
@@ -158,7 +172,7 @@ class HttpProbe:
                 server_hostname=cfg.tls.server_name,
                 trace_request_ctx=phases,
             ) as resp:
-                content = await resp.content.read(_READ_LIMIT)
+                content = await _read_bounded(resp.content, _READ_LIMIT)
                 end_ns = time.perf_counter_ns()
                 status = resp.status
         except TimeoutError:

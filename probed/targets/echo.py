@@ -207,7 +207,11 @@ class EchoTarget(HttpService):
             return web.Response(
                 status=self._upgrade_status, headers=headers, text="upgrade refused (fault)\n"
             )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:
+            # The client gave up while we answered (a churning or timed-out probe): not an error.
+            return ws
         loop = asyncio.get_running_loop()
         session = _Session(ws)
         self._sessions.add(session)
