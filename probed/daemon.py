@@ -24,6 +24,7 @@ from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.ratelimit import LogLimiter, log_limited
 from probed.selfmon import LagMonitor
 from probed.sharding import Shard
+from probed.status import HistoryLimits, set_history_limits
 from probed.webconfig import WebConfig
 
 _RESTART_INITIAL = 1.0
@@ -247,6 +248,7 @@ class Daemon:
             )
         mine = config.probes if self.shard is None else self.shard.select(config.probes)
         wanted = {p.name: p for p in mine}
+        set_history_limits(HistoryLimits.for_probes(len(wanted)))
         changes: dict[str, list[str]] = {"kept": [], "started": [], "restarted": [], "stopped": []}
         for name in list(self._running):
             if name not in wanted:

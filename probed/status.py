@@ -21,10 +21,67 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 RECENT: Final = 100  # recent latencies kept for the p50/p99 a person reads
-KEPT_OK_CYCLES: Final = 5
-KEPT_FAILED_CYCLES: Final = 20
-KEPT_OK_STEPS: Final = 20  # per cycle: the latest measurements that went well
-KEPT_FAILED_STEPS: Final = 40  # per cycle: the latest that did not
+# A step is about 200 bytes, so all probes' histories together hold at most this many (~40 MB):
+# a few hundred probes keep the full history below, ten thousand keep a short one each.
+HISTORY_STEPS_BUDGET: Final = 200_000
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLimits:
+    """How much of its recent past each probe keeps; shrunk when there are many probes."""
+
+    ok_cycles: int = 3
+    failed_cycles: int = 10
+    ok_steps: int = 10  # per cycle: the latest measurements that went well
+    failed_steps: int = 20  # per cycle: the latest that did not
+
+    @property
+    def steps_per_probe(self) -> int:
+        """The most steps one probe can hold (a cycle pins its first and last step)."""
+        ok = self.ok_cycles * (self.ok_steps + 2)
+        return ok + self.failed_cycles * (self.ok_steps + self.failed_steps + 2)
+
+    @classmethod
+    def for_probes(cls, probes: int, budget: int = HISTORY_STEPS_BUDGET) -> HistoryLimits:
+        full = cls()
+        share = budget / max(1, probes * full.steps_per_probe)
+        if share >= 1:
+            return full
+        # Fewer cycles and fewer steps each, in equal measure; never less than the latest
+        # failure with a few steps of its timeline.
+        root = share**0.5
+        return cls(
+            ok_cycles=max(1, int(full.ok_cycles * root)),
+            failed_cycles=max(1, int(full.failed_cycles * root)),
+            ok_steps=max(2, int(full.ok_steps * root)),
+            failed_steps=max(3, int(full.failed_steps * root)),
+        )
+
+
+# Process-wide, as the memory it bounds is: the daemon sets it from its probe count on every
+# config load (`set_history_limits`), and histories trim to it as they grow.
+@dataclass
+class _Current:
+    limits: HistoryLimits = field(default_factory=HistoryLimits)
+
+
+_current = _Current()
+
+
+def history_limits() -> HistoryLimits:
+    return _current.limits
+
+
+def set_history_limits(limits: HistoryLimits) -> None:
+    _current.limits = limits
+
+
+def _push(kept: list[Any], item: Any, limit: int) -> None:
+    # Lists trimmed by hand, not deques: the limit can change at run time, and a deque's
+    # smallest block (64 slots) outweighs the few items kept.
+    kept.append(item)
+    if len(kept) > limit:
+        del kept[: len(kept) - limit]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +134,8 @@ class Cycle:
     measured: int = 0
     failures: int = 0
     _pinned: list[Step] = field(default_factory=list)  # the connect, the end: always kept
-    _ok_steps: deque[Step] = field(default_factory=lambda: deque(maxlen=KEPT_OK_STEPS))
-    _failed_steps: deque[Step] = field(default_factory=lambda: deque(maxlen=KEPT_FAILED_STEPS))
+    _ok_steps: list[Step] = field(default_factory=list)
+    _failed_steps: list[Step] = field(default_factory=list)
 
     @classmethod
     def begin(cls, role: str = "") -> Cycle:
@@ -97,10 +154,11 @@ class Cycle:
         step = Step(offset, what, ok, detail, latency_s)
         if pin:
             self._pinned.append(step)
+        elif ok:
+            _push(self._ok_steps, step, _current.limits.ok_steps)
         else:
-            (self._ok_steps if ok else self._failed_steps).append(step)
-            if not ok:
-                self.failures += 1
+            _push(self._failed_steps, step, _current.limits.failed_steps)
+            self.failures += 1
 
     @property
     def steps(self) -> list[Step]:
@@ -154,8 +212,8 @@ class ProbeStatus:
     checks_failed: int = 0
     # Open cycles by session key ("" when the probe holds a single session).
     current: dict[str, Cycle] = field(default_factory=dict)
-    _ok_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_OK_CYCLES))
-    _failed_cycles: deque[Cycle] = field(default_factory=lambda: deque(maxlen=KEPT_FAILED_CYCLES))
+    _ok_cycles: list[Cycle] = field(default_factory=list)
+    _failed_cycles: list[Cycle] = field(default_factory=list)
 
     @property
     def up(self) -> bool:
@@ -299,7 +357,10 @@ class ProbeStatus:
             yield max(self.current.values(), key=lambda c: c.started_mono)
 
     def _keep(self, cycle: Cycle) -> None:
-        (self._ok_cycles if cycle.ok else self._failed_cycles).append(cycle)
+        if cycle.ok:
+            _push(self._ok_cycles, cycle, _current.limits.ok_cycles)
+        else:
+            _push(self._failed_cycles, cycle, _current.limits.failed_cycles)
 
     def cycles(self) -> list[Cycle]:
         """Open cycles, then finished ones, newest first."""

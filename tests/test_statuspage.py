@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from probed.status import KEPT_FAILED_CYCLES, KEPT_OK_CYCLES, KEPT_OK_STEPS, ProbeStatus
+from probed.status import HistoryLimits, ProbeStatus, history_limits, set_history_limits
 from probed.statuspage import NO_PROBES, PAGE_CYCLES, PAGE_DETAILED, page_html
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, wait_until
@@ -112,6 +112,11 @@ async def test_a_config_without_probes_says_so(start_daemon: StartDaemon) -> Non
     assert isinstance(api, dict) and api["warnings"] == [NO_PROBES] and api["probes"] == []
 
 
+KEPT_OK_CYCLES = history_limits().ok_cycles
+KEPT_FAILED_CYCLES = history_limits().failed_cycles
+KEPT_OK_STEPS = history_limits().ok_steps
+
+
 def test_failures_are_kept_longer_than_successes() -> None:
     status = ProbeStatus("p", "echo", "ws://x/")
     status.session_up({"tcp": 0.001})
@@ -126,7 +131,7 @@ def test_failures_are_kept_longer_than_successes() -> None:
     cycles = status.cycles()
     assert sum(c.ok for c in cycles) == KEPT_OK_CYCLES
     (failed,) = [c for c in cycles if not c.ok]
-    # Sixty replies later, the one lost message is still in that session's timeline.
+    # Thirty replies later, the one lost message is still in that session's timeline.
     whats = [s.what for s in failed.steps]
     assert whats[:2] == ["connected", "lost"] and whats[-1] == "session ended: reset"
     assert whats.count("reply") == KEPT_OK_STEPS
@@ -136,6 +141,31 @@ def test_failures_are_kept_longer_than_successes() -> None:
         status.connect_failed("refused", "tcp: connection refused")
     assert sum(not c.ok for c in status.cycles()) == KEPT_FAILED_CYCLES
     assert sum(c.ok for c in status.cycles()) == KEPT_OK_CYCLES
+
+
+def test_many_probes_keep_shorter_histories_within_one_budget() -> None:
+    full = HistoryLimits()
+    assert HistoryLimits.for_probes(1) == full
+    assert HistoryLimits.for_probes(100) == full
+    for probes in (1_000, 10_000):
+        limits = HistoryLimits.for_probes(probes)
+        assert limits.failed_cycles < full.failed_cycles and limits.failed_steps < full.failed_steps
+        # Within the budget (or at the floor: the latest failure and a few of its steps).
+        assert probes * limits.steps_per_probe <= 200_000 or limits.failed_cycles == 1
+    set_history_limits(HistoryLimits.for_probes(10_000))
+    try:
+        status = ProbeStatus("p", "echo", "ws://x/")
+        for _ in range(10):
+            status.session_up({"tcp": 0.001})
+            for seq in range(50):
+                status.measured("reply", 0.002, f"seq {seq}")
+                status.failed("lost", f"seq {seq}")
+            status.session_down("reset", None, "", failure=True)
+        kept = status.cycles()
+        assert len(kept) == history_limits().failed_cycles
+        assert sum(len(c.steps) for c in kept) <= history_limits().steps_per_probe
+    finally:
+        set_history_limits(HistoryLimits())
 
 
 def test_page_escapes_what_came_from_the_network() -> None:
@@ -151,7 +181,8 @@ def test_page_escapes_what_came_from_the_network() -> None:
 
 def test_page_shows_a_few_cycles_per_probe_failures_first_and_links_the_rest() -> None:
     status = ProbeStatus("p", "echo", "ws://x/")
-    status.connect_failed("refused", "tcp: connection refused")  # the failure that paged
+    for _ in range(3):  # the failures that paged
+        status.connect_failed("refused", "tcp: connection refused")
     for _ in range(KEPT_OK_CYCLES):
         status.session_up({"tcp": 0.001})
         status.session_down("churn", None, "", failure=False)
@@ -159,7 +190,7 @@ def test_page_shows_a_few_cycles_per_probe_failures_first_and_links_the_rest() -
     page = page_html([status], configured=1)
     assert page.count('<div class="cycle') == PAGE_CYCLES
     assert "connect failed at" in page and "session open since" in page
-    assert f'href="/api/v1/probes/p">all {KEPT_OK_CYCLES + 2} kept cycles' in page
+    assert f'href="/api/v1/probes/p">all {KEPT_OK_CYCLES + 4} kept cycles' in page
 
 
 def test_with_many_probes_only_the_first_few_carry_timelines() -> None:
