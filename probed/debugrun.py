@@ -27,7 +27,7 @@ class OnceResult:
 
     @property
     def latency_s(self) -> float | None:
-        return self.status.recent[-1] if self.status.recent else None
+        return self.status.recent.latest()
 
     @property
     def why(self) -> str:

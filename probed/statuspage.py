@@ -97,7 +97,8 @@ def _latency_text(status: ProbeStatus) -> str:
     cuts = status.percentiles()
     slo = status.slo[0] if status.slo else None
     if cuts is None:
-        return "no measurements yet" if not status.recent else f"{_ms(status.recent[-1])}"
+        latest = status.recent.latest()
+        return "no measurements yet" if latest is None else _ms(latest)
     p50, p99 = cuts
     text = f"p50 {_ms(p50)} · p99 {_ms(p99)}"
     if slo is not None:

@@ -149,7 +149,8 @@ def test_readme_documents_every_tls_option() -> None:
 
 def test_demo_table_says_which_figures_are_rolling_and_shows_reconnect_and_age() -> None:
     status = ProbeStatus("echo-local", "echo", "ws://x/", slo=(0.05,))
-    status.recent.extend([0.001, 0.002, 0.2])
+    for seconds in (0.001, 0.002, 0.2):
+        status.recent.append(seconds)
     status.sessions_open, status.session_started = 1, time.time() - 30
     status.last_reconnect_s, status.sent, status.lost = 0.25, 10, 1
     out = io.StringIO()

@@ -8,7 +8,13 @@ import aiohttp
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from probed.status import HistoryLimits, ProbeStatus, history_limits, set_history_limits
+from probed.status import (
+    HistoryLimits,
+    ProbeStatus,
+    Recent,
+    history_limits,
+    set_history_limits,
+)
 from probed.statuspage import NO_PROBES, PAGE_CYCLES, PAGE_DETAILED, page_html
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, config, wait_until
@@ -232,3 +238,18 @@ def test_sessions_sharing_a_role_keep_cycles_of_their_own() -> None:
     assert (ended.end_reason, ended.role, ended.ok) == ("reset", "subscriber", False)
     status.session_down("churn", None, "", failure=False, key="subscriber#2")
     assert not status.current and len(status.cycles()) == 2
+
+
+def test_recent_latencies_keep_the_latest_in_order() -> None:
+    recent = Recent(size=3)
+    assert recent.latest() is None and list(recent) == [] and len(recent) == 0
+    for value in (1.0, 2.0):
+        recent.append(value)
+    assert list(recent) == [1.0, 2.0] and recent.latest() == 2.0
+    for value in (3.0, 4.0, 5.0):
+        recent.append(value)
+    assert list(recent) == [3.0, 4.0, 5.0] and recent.latest() == 5.0 and len(recent) == 3
+    recent.clear()
+    assert list(recent) == [] and recent.latest() is None
+    recent.append(6.0)
+    assert list(recent) == [6.0]

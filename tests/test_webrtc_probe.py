@@ -388,4 +388,5 @@ async def test_the_example_config_runs_once(tmp_path: Path) -> None:
     # The same timeline the status page shows: connected, the echo, RTCP, the end.
     [cycle] = metrics.status.cycles()
     assert [s.what for s in cycle.steps][:2] == ["connected", "echo"]
-    assert 0.02 <= metrics.status.recent[-1] < 0.02 + bound(0.08)
+    latest = metrics.status.recent.latest()
+    assert latest is not None and 0.02 <= latest < 0.02 + bound(0.08)
