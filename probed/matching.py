@@ -23,10 +23,11 @@ different from a present JSON ``null``.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
+
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 
 JSON: TypeAlias = Any  # a value json.loads can return; Any keeps the recursive type usable
 
@@ -36,6 +37,12 @@ MAX_PATTERN_CHARS: Final = 256
 # A regex is only tried on strings up to this long: the pattern is bounded, but backtracking
 # time also grows with the subject, and the subject comes from the peer.
 MAX_REGEX_SUBJECT_CHARS: Final = 4096
+# Patterns run on RE2, whose matching time is linear in the subject: with Python's backtracking
+# engine a pattern such as ^(\w+\s?)+$ takes seconds on forty characters a server chose, with
+# the event loop stopped. RE2 has no backreferences or lookarounds; such a pattern is a config
+# error. Its errors are raised here, not also logged to stderr.
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False
 MAX_PATH_CHARS: Final = 512
 
 DecodeReason: TypeAlias = Literal["not_json", "too_large", "too_deep"]
@@ -240,24 +247,35 @@ class OneOf:
         return found is not MISSING and any(json_equal(found, v) for v in self.values)
 
 
+class _Pattern(Protocol):
+    def search(self, text: str) -> object | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Regex:
-    """``re.search`` on a string field (anchor with ``^``/``$`` to match the whole value).
+    """A search on a string field (anchor with ``^``/``$`` to match the whole value), in RE2
+    syntax: Python's, less backreferences and lookarounds.
 
     Non-string values and strings longer than MAX_REGEX_SUBJECT_CHARS never match.
     """
 
     path: JsonPath
     pattern: str
-    compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    compiled: _Pattern = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.pattern) > MAX_PATTERN_CHARS:
             raise ValueError(f"regex is longer than {MAX_PATTERN_CHARS} characters")
         try:
-            compiled = re.compile(self.pattern)
-        except re.error as exc:
-            raise ValueError(f"regex {self.pattern!r} does not compile: {exc}") from None
+            compiled = re2.compile(self.pattern, options=_RE2_OPTIONS)
+        except re2.error as exc:
+            why = exc.args[0] if exc.args else "invalid"
+            if isinstance(why, bytes):
+                why = why.decode(errors="replace")
+            raise ValueError(
+                f"regex {self.pattern!r} does not compile: {why} (patterns are RE2: linear time,"
+                " so no backreferences or lookarounds)"
+            ) from None
         object.__setattr__(self, "compiled", compiled)
 
     def holds(self, msg: JSON) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from probed.matching import (
     regex,
     text_of,
 )
+from tests.conftest import bound
 
 json_values = st.recursive(
     st.none()
@@ -178,6 +180,18 @@ def test_regex_is_bounded_and_checked_at_config_time() -> None:
         regex("a", "x" * (MAX_PATTERN_CHARS + 1))
     with pytest.raises(ValueError, match="compile"):
         regex("a", "(unclosed")
+    with pytest.raises(ValueError, match="no backreferences"):
+        regex("a", r"(a)\1")
+
+
+def test_a_regex_cannot_be_made_to_backtrack_by_the_subject() -> None:
+    """Nested quantifiers over a subject the server picks: exponential in a backtracking engine
+    (about 1.4 s for 24 characters here with Python's re; each one more doubles it)."""
+    evil = regex("s", r"^(\w+\s?)+$")
+    subject = {"s": "a" * 40 + "!"}
+    started = time.perf_counter()
+    assert not evil.holds(subject)
+    assert time.perf_counter() - started < bound(2.0)
 
 
 def test_captures_and_filters_without_an_id() -> None:

@@ -40,7 +40,11 @@ class ConditionConfig(StrictModel):
     path: str = Field(description="dotted path into the message's JSON, e.g. data.type")
     equals: Any = Field(default=None, description="the value there must equal this")
     one_of: list[Any] | None = Field(default=None, description="the value must be one of these")
-    regex: str | None = Field(default=None, description="the value (as text) must match this")
+    regex: str | None = Field(
+        default=None,
+        description="the value (as text) must match this; RE2 syntax (linear time: no"
+        " backreferences or lookarounds)",
+    )
     exists: bool | None = Field(
         default=None, description="true: the path must be there; false: it must not"
     )
