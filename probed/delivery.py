@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
-# How many answered / expired keys to remember for telling duplicates and late replies apart.
+# Answered and expired keys are remembered, to tell duplicates and late replies from unknown
+# ones, for twice the timeout but at least this long, and never more than REMEMBERED of them.
+# A count alone was a slow leak: 4,096 keys per probe take an hour to fill at one message a
+# second, and then weigh ~0.7 MB per probe for the rest of the daemon's life.
+REMEMBER_AT_LEAST_NS: Final = 30 * 1_000_000_000
 REMEMBERED: Final = 4096
 
 
@@ -41,11 +45,29 @@ class Received:
     lost_now: bool = False
 
 
-class _Remembered(OrderedDict[str, None]):
-    def add(self, key: str) -> None:
-        self[key] = None
-        if len(self) > REMEMBERED:
-            self.popitem(last=False)
+class _Remembered:
+    """Keys added within the last `keep_ns`, at most REMEMBERED of them, oldest first."""
+
+    __slots__ = ("_keep_ns", "_keys")
+
+    def __init__(self, keep_ns: int) -> None:
+        self._keep_ns = keep_ns
+        self._keys: OrderedDict[str, int] = OrderedDict()
+
+    def add(self, key: str, now_ns: int) -> None:
+        keys = self._keys
+        keys[key] = now_ns
+        keys.move_to_end(key)
+        horizon = now_ns - self._keep_ns
+        # The key just added is newer than the horizon, so this stops before emptying.
+        while len(keys) > REMEMBERED or next(iter(keys.values())) < horizon:
+            keys.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 class DeliveryTracker:
@@ -58,8 +80,9 @@ class DeliveryTracker:
     def __init__(self, timeout_ns: int) -> None:
         self.timeout_ns = timeout_ns
         self._inflight: OrderedDict[str, Sent] = OrderedDict()
-        self._answered = _Remembered()
-        self._expired = _Remembered()
+        keep_ns = max(2 * timeout_ns, REMEMBER_AT_LEAST_NS)
+        self._answered = _Remembered(keep_ns)
+        self._expired = _Remembered(keep_ns)
         self._highest = -1
         self.idle = asyncio.Event()
         self.idle.set()
@@ -86,9 +109,9 @@ class DeliveryTracker:
             self.idle.set()
         if at_ns > sent.deadline_ns:
             # Past its deadline but not yet swept: lost, exactly as if the sweep had come first.
-            self._expired.add(key)
+            self._expired.add(key, at_ns)
             return Received(Outcome.LATE, sent, lost_now=True)
-        self._answered.add(key)
+        self._answered.add(key, at_ns)
         reordered = sent.seq < self._highest
         self._highest = max(self._highest, sent.seq)
         return Received(Outcome.ANSWERED, sent, reordered)
@@ -110,17 +133,17 @@ class DeliveryTracker:
             if sent.deadline_ns > now_ns:
                 break
             del self._inflight[key]
-            self._expired.add(key)
+            self._expired.add(key, now_ns)
             lost.append(sent)
         if lost and not self._inflight:
             self.idle.set()
         return lost
 
-    def settle(self) -> int:
+    def settle(self, now_ns: int) -> int:
         """The session died: everything in flight is lost. Returns how many."""
         count = len(self._inflight)
         for key in self._inflight:
-            self._expired.add(key)
+            self._expired.add(key, now_ns)
         self._inflight.clear()
         self.idle.set()
         return count

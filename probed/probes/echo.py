@@ -93,7 +93,9 @@ class EchoProbe:
 
     def ended(self, session: Session, reason: str) -> None:
         # In flight when the session died: the service never delivered them.
-        self._msg.lost(self._tracker.settle(), "in flight when the session ended")
+        self._msg.lost(
+            self._tracker.settle(time.perf_counter_ns()), "in flight when the session ended"
+        )
 
     # -- sending --------------------------------------------------------------------------------
 
