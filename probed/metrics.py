@@ -125,6 +125,30 @@ class Latency:
         return True
 
 
+# Label values that come from the network (close codes, HTTP statuses of refused upgrades): a
+# server minting a new one per session would otherwise mint a new series each time.
+DISTINCT_NETWORK_VALUES: Final = 16
+
+
+class _Capped:
+    """The first `limit` distinct values as they are; any later one as `overflow`."""
+
+    __slots__ = ("_limit", "_overflow", "_seen")
+
+    def __init__(self, overflow: str, limit: int = DISTINCT_NETWORK_VALUES) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+        self._overflow = overflow
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return self._overflow
+
+
 class ProbeMetrics:
     """The metrics of one probe: a registry of its own, session recorders and a family factory.
 
@@ -153,6 +177,8 @@ class ProbeMetrics:
         self.buckets = latency_buckets(*slo)
         self.roles = tuple(roles)
         self._families: dict[str, object] = {}
+        self.close_code_label = _Capped("other")
+        self._http_status_reason = _Capped("http_other")
         role = ["role"] if self.roles else []
         reg = self.registry
 
@@ -214,7 +240,8 @@ class ProbeMetrics:
         return self._sessions
 
     def connect_failed(self, reason: str, detail: str = "", role: str | None = None) -> None:
-        self.connect_errors.labels(reason, *([] if role is None else [role])).inc()
+        label = self._http_status_reason(reason) if reason.startswith("http_") else reason
+        self.connect_errors.labels(label, *([] if role is None else [role])).inc()
         self.set_success(False)
         self.status.error("connect failed", reason, detail)
         self.status.connect_failed(reason, detail, role or "")
@@ -395,7 +422,7 @@ class SessionMetrics:
         p, f, role = self._p, self._f, self._role
         f.disconnects.labels(reason, *role).inc()
         if close_code is not None:
-            f.close_codes.labels(str(close_code), *role).inc()
+            f.close_codes.labels(p.close_code_label(str(close_code)), *role).inc()
         if self.connected:
             f.open.labels(*role).dec()
             p.status.sessions_open -= 1

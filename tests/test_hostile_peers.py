@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
 
 from probed.config import EchoProbeConfig
 from probed.dial import ConnectError, Dialer
+from probed.metrics import DISTINCT_NETWORK_VALUES
 from probed.targets.echo import EchoTarget
 from tests.conftest import RunningDaemon, bound, config, wait_until
 from tests.test_reconnect import RawServer, complete_upgrade, read_request
@@ -309,3 +312,74 @@ async def test_probed_once_never_prints_a_reflected_secret(tmp_path: Path) -> No
     assert proc.returncode == 1
     assert CANARY not in text
     assert text.count("<redacted>") >= 2, text
+
+
+def _new_close_code_each_session() -> Callable[[ServerConnection], Awaitable[None]]:
+    codes = iter(range(3000, 5000))
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.close(code=next(codes), reason="a series per session?")
+
+    return handler
+
+
+def _new_status_each_upgrade() -> Callable[[ServerConnection, Request], Response]:
+    statuses = iter(range(400, 1000))
+
+    def refuse(connection: ServerConnection, request: Request) -> Response:
+        return Response(next(statuses), "Refused", Headers([("Content-Length", "0")]), b"")
+
+    return refuse
+
+
+def label_values(d: RunningDaemon, name: str, label: str, probe: str) -> set[str]:
+    return {
+        sample.labels[label]
+        for family in d.daemon.exposition.collect()
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("probe") == probe and sample.value > 0
+    }
+
+
+FAST_RECONNECT = "    connection: {reconnect: {initial: 10ms, max: 20ms}}\n"
+
+
+async def test_a_new_close_code_every_session_cannot_mint_series(
+    echo: EchoTarget, start_daemon: StartDaemon
+) -> None:
+    async with serve(_new_close_code_each_session(), "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        text = two_probes(f"ws://127.0.0.1:{port}/", echo.url).replace(
+            "    connection: {reconnect: {initial: 200ms, max: 1s}}\n", FAST_RECONNECT, 1
+        )
+        d = await start_daemon(config(text))
+        await wait_until(
+            lambda: metric(d, "probe_close_codes_total", "victim", code="other") >= 5,
+            what="close codes past the distinct-value cap",
+        )
+        codes = label_values(d, "probe_close_codes_total", "code", "victim")
+        assert len(codes) == DISTINCT_NETWORK_VALUES + 1 and "other" in codes
+        assert metric(d, "probed_probe_restarts_total", "victim") == 0
+        await healthy_still_measures(d)
+
+
+async def test_a_new_status_every_refused_upgrade_cannot_mint_series(
+    echo: EchoTarget, start_daemon: StartDaemon
+) -> None:
+    async with serve(_ignore, "127.0.0.1", 0, process_request=_new_status_each_upgrade()) as server:
+        port = server.sockets[0].getsockname()[1]
+        text = two_probes(f"ws://127.0.0.1:{port}/", echo.url).replace(
+            "    connection: {reconnect: {initial: 200ms, max: 1s}}\n", FAST_RECONNECT, 1
+        )
+        d = await start_daemon(config(text))
+        await wait_until(
+            lambda: metric(d, "probe_connect_errors_total", "victim", reason="http_other") >= 5,
+            what="statuses past the distinct-value cap",
+        )
+        reasons = label_values(d, "probe_connect_errors_total", "reason", "victim")
+        assert len(reasons) == DISTINCT_NETWORK_VALUES + 1 and "http_other" in reasons
+        await healthy_still_measures(d)
+
+
+async def _ignore(ws: ServerConnection) -> None:
+    await ws.wait_closed()
