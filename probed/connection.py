@@ -438,6 +438,11 @@ class Supervisor:
             ended_ns = time.perf_counter_ns()
             reason, code = await self._conclude(session, done, tasks)
         except asyncio.CancelledError:
+            # Whatever was in flight is not measured: it was ended by us, not by the service
+            # (a voice turn cut short would otherwise be logged and counted as disconnected).
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             # The daemon promises to exit within 5 s of SIGTERM, whatever close_timeout says.
             await self._close(
                 session, CloseCode.GOING_AWAY, "probe shutting down", _SHUTDOWN_CLOSE_TIMEOUT
