@@ -12,7 +12,6 @@ from probed import lifecycle
 from probed.config import split_listen
 from probed.exposition import chunks
 from probed.httpguard import ConnectionGuard, HttpLimits
-from probed.statuspage import add_routes
 from probed.webconfig import BasicAuth
 
 if TYPE_CHECKING:
@@ -37,8 +36,9 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _healthy(_request: web.Request) -> web.Response:
-    return web.Response(text="probed is healthy\n")
+async def _healthy(request: web.Request) -> web.Response:
+    ok, text = request.app[_DAEMON].health()
+    return web.Response(status=200 if ok else 503, text=text)
 
 
 async def _ready(request: web.Request) -> web.Response:
@@ -88,7 +88,7 @@ def make_app(daemon: Daemon, guard: ConnectionGuard | None = None) -> web.Applic
     app[_DAEMON] = daemon
     app[_GUARD] = guard or ConnectionGuard(HttpLimits())
     app[_ALLOWED_HOSTS] = lifecycle.allowed_hosts(daemon.listen)
-    add_routes(app, daemon)  # the status page at / and the JSON API under /api/v1/
+    daemon.add_status_routes(app)  # the status page at / and the JSON API under /api/v1/
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
