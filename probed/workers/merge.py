@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from probed import contract
 from probed.exposition import Format
 
 # What a worker exports that only the parent can state truthfully (the config it validated, the
@@ -30,19 +31,9 @@ WORKER_DROPS: Final = frozenset(
     }
 )
 PARENT_DROPS: Final = frozenset({"probed_event_loop_lag_seconds"})
-# Families that describe the worker process itself: labelled with the worker's index.
-PER_WORKER: Final = frozenset(
-    {
-        "probed_event_loop_lag_seconds",
-        "process_cpu_seconds_total",
-        "process_cpu_seconds",  # OpenMetrics names a counter family without _total
-        "process_max_fds",
-        "process_open_fds",
-        "process_resident_memory_bytes",
-        "process_start_time_seconds",
-        "process_virtual_memory_bytes",
-    }
-)
+# Families that describe the worker process itself (probed/contract.py lists them): labelled
+# with the worker's index. OpenMetrics names a counter's family without its _total.
+PER_WORKER: Final = contract.PER_WORKER | {n.removesuffix("_total") for n in contract.PER_WORKER}
 WORKER_LABEL: Final = "worker"
 
 
