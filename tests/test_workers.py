@@ -209,13 +209,32 @@ def test_worker_count_follows_the_cores_and_never_exceeds_the_probes() -> None:
     assert worker_count(None, 1000) == min(len(os.sched_getaffinity(0)), cpu_quota() or 1000)
 
 
-def test_cpu_quota_reads_the_cgroup_limit(tmp_path: Path) -> None:
-    cpu_max = tmp_path / "cpu.max"
-    cpu_max.write_text("150000 100000\n")
-    assert cpu_quota(cpu_max) == 2
-    cpu_max.write_text("max 100000\n")
-    assert cpu_quota(cpu_max) is None
-    assert cpu_quota(tmp_path / "absent") is None
+def test_cpu_quota_reads_the_tightest_cgroup_limit(tmp_path: Path) -> None:
+    # cgroup v2, as systemd lays it out: a quota on the service and a looser one on its slice.
+    service = tmp_path / "system.slice" / "probed.service"
+    service.mkdir(parents=True)
+    (service / "cpu.max").write_text("150000 100000\n")
+    (tmp_path / "system.slice" / "cpu.max").write_text("400000 100000\n")
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/system.slice/probed.service\n")
+    assert cpu_quota(tmp_path, own) == 2
+    (service / "cpu.max").write_text("max 100000\n")
+    assert cpu_quota(tmp_path, own) == 4
+    # A Kubernetes container: its own cgroup namespace, the limit at its root.
+    own.write_text("0::/\n")
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert cpu_quota(tmp_path, own) == 1
+    # cgroup v1: the cpu controller's CFS quota; -1 is none.
+    v1 = tmp_path / "v1"
+    (v1 / "cpu,cpuacct" / "kubepods" / "pod1").mkdir(parents=True)
+    (v1 / "cpu,cpuacct" / "kubepods" / "pod1" / "cpu.cfs_quota_us").write_text("250000\n")
+    (v1 / "cpu,cpuacct" / "kubepods" / "pod1" / "cpu.cfs_period_us").write_text("100000\n")
+    own.write_text("4:cpu,cpuacct:/kubepods/pod1\n1:memory:/kubepods/pod1\n")
+    assert cpu_quota(v1, own) == 3
+    (v1 / "cpu,cpuacct" / "kubepods" / "pod1" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cpu_quota(v1, own) is None
+    assert cpu_quota(tmp_path, tmp_path / "absent") is None
 
 
 def test_workers_split_a_replicas_probes_and_keep_them_on_reload() -> None:

@@ -16,21 +16,57 @@ from typing import Final
 
 from probed.sharding import N, Shard, owners
 
-_CPU_MAX: Final = Path("/sys/fs/cgroup/cpu.max")
+_CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 
 
-def cpu_quota(cpu_max: Path = _CPU_MAX) -> int | None:
-    """Whole CPUs the cgroup's quota allows (a Kubernetes CPU limit), rounded up; None: no limit."""
+def _cgroup_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
+    """This process's cgroup directories, its own first and then each parent up to the root."""
     try:
-        quota, _, period = cpu_max.read_text().strip().partition(" ")
-        if quota == "max":
-            return None
-        return max(1, math.ceil(int(quota) / int(period or "100000")))
-    except (OSError, ValueError, ZeroDivisionError):
-        return None
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    dirs: list[Path] = []
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: "0::/system.slice/probed.service"
+            base = root
+        elif "cpu" in controllers.split(","):  # cgroup v1: "4:cpu,cpuacct:/..."
+            base = root / controllers
+            if not base.is_dir():
+                base = root / "cpu"
+        else:
+            continue
+        here = base / path.lstrip("/")
+        dirs += [here, *[p for p in here.parents if p.is_relative_to(base)]]
+    return dirs
 
 
-def cores_available(cpu_max: Path = _CPU_MAX) -> int:
+def cpu_quota(
+    root: Path = _CGROUP_ROOT, proc_cgroup: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Whole CPUs the tightest CPU quota over this process allows, rounded up; None: no quota.
+
+    A Kubernetes CPU limit and systemd's CPUQuota= are such quotas (cgroup v2 `cpu.max`, v1
+    `cpu.cfs_quota_us`), set on the process's own cgroup or on one above it.
+    """
+    found: list[int] = []
+    for directory in _cgroup_dirs(root, proc_cgroup):
+        try:
+            if (directory / "cpu.max").exists():
+                quota, period = (directory / "cpu.max").read_text().split()[:2]
+                if quota != "max":
+                    found.append(math.ceil(int(quota) / int(period)))
+            elif (directory / "cpu.cfs_quota_us").exists():
+                quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+                period = (directory / "cpu.cfs_period_us").read_text().strip()
+                if int(quota) > 0:
+                    found.append(math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return max(1, min(found)) if found else None
+
+
+def cores_available() -> int:
     """The CPUs this process may use: its affinity (cpusets, taskset), capped by a CPU quota.
 
     Not the host's count: a pod limited to 2 CPUs on a 64-core node gets 2 workers.
@@ -39,7 +75,7 @@ def cores_available(cpu_max: Path = _CPU_MAX) -> int:
         cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
         cores = max(1, os.cpu_count() or 1)
-    quota = cpu_quota(cpu_max)
+    quota = cpu_quota()
     return cores if quota is None else min(cores, quota)
 
 
