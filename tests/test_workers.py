@@ -182,6 +182,10 @@ async def test_no_worker_outlives_a_killed_parent(echo: EchoTarget, tmp_path: Pa
             await asyncio.sleep(0.05)
 
 
+def _env(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 def _alive(pid: int) -> bool:
     """Running, not merely a zombie waiting for init to reap it."""
     try:
@@ -197,6 +201,45 @@ async def test_one_worker_is_todays_daemon(echo: EchoTarget, tmp_path: Path) -> 
         assert run.children() == []
         text = (await run.scrape()).decode()
         assert "probed_worker_up" not in text and 'worker="' not in text
+
+
+async def test_systemd_hears_the_parent_only(echo: EchoTarget, tmp_path: Path) -> None:
+    """READY, the watchdog and the status line come from the parent; workers never inherit them."""
+    import socket
+
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    seen: list[str] = []
+
+    def drain() -> list[str]:
+        while True:
+            try:
+                seen.append(sock.recv(4096).decode())
+            except BlockingIOError:
+                return seen
+
+    config = write(tmp_path / "probed.yaml", echo_config(echo.port, NAMES[:4]))
+    os.environ["NOTIFY_SOCKET"] = path
+    os.environ["WATCHDOG_USEC"] = "400000"
+    try:
+        async with probed_run(config, "--workers", "2") as run:
+            await run.wait_for(lambda: all_up(run, NAMES[:4]), "every probe up")
+            for pid in run.children():
+                assert not any(v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_")) for v in _env(pid))
+
+            async def fed() -> bool:
+                lines = drain()
+                return sum(s.startswith("WATCHDOG=1") for s in lines) >= 2 and any(
+                    "4 probes over 2 workers, 2 up" in s for s in lines
+                )
+
+            await run.wait_for(fed, "keep-alives and the status line")
+            assert "READY=1" in seen
+    finally:
+        del os.environ["NOTIFY_SOCKET"], os.environ["WATCHDOG_USEC"]
+        sock.close()
 
 
 # -- the parts, without processes ----------------------------------------------------------------

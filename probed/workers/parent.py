@@ -261,7 +261,14 @@ class ParentDaemon(Daemon):
         super().__init__(config, **options)
         self.worker_metrics = WorkerMetrics(self.metrics.registry)
         self.exposition = MergedExposition(self.metrics, self)
-        self._dir = tempfile.mkdtemp(prefix="probed-workers-")  # mode 0700: ours alone
+        try:
+            self._dir = tempfile.mkdtemp(prefix="probed-workers-")  # mode 0700: ours alone
+        except OSError as exc:
+            raise SystemExit(
+                f"probed: cannot make a private directory for the workers' sockets in "
+                f"{tempfile.gettempdir()} ({exc.strerror}): set TMPDIR to a writable directory "
+                "(under Kubernetes, an emptyDir at /tmp) or run with --workers 1"
+            ) from None
         self._latest = config
         shard = (
             ""
