@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -22,8 +23,22 @@ _GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard")
 _ALLOWED_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("allowed_hosts")
 
 
+# The scraper's own timeout, which Prometheus sends with every scrape: a render that gathers from
+# worker processes (probed/workers/) answers within it, without the workers that are too slow.
+scrape_timeout: ContextVar[float | None] = ContextVar("scrape_timeout", default=None)
+
+
+def _timeout_header(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 < seconds < 3600 else None
+
+
 async def _metrics(request: web.Request) -> web.StreamResponse:
     daemon = request.app[_DAEMON]
+    scrape_timeout.set(_timeout_header(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")))
     # Rendered incrementally, on the loop in slices, one render shared by concurrent scrapers,
     # and written in pieces (probed/exposition.py): a scrape must not stall the probes.
     parts, content_type = await daemon.exposition.scrape(request.headers.get("Accept", ""))

@@ -30,6 +30,7 @@ from probed import logs
 from probed.config import Config
 from probed.daemon import ApplyFailed, Daemon
 from probed.exposition import CONTENT_TYPES, Exposition, negotiate
+from probed.http import scrape_timeout
 from probed.metrics import DaemonMetrics
 from probed.statuspage import NO_PROBES, PAGE_DETAILED, page_frame
 from probed.workers.channel import CONFIG_TYPE, READY_LINE, dump_config, frame
@@ -43,8 +44,12 @@ _RESTART_RESET_AFTER: Final = 60.0
 _STOP_GRACE: Final = 15.0
 _START_TIMEOUT: Final = 60.0
 _APPLY_TIMEOUT: Final = 60.0
-# Below Prometheus' default scrape timeout (10 s): a stuck worker costs its own series, not all.
-_SCRAPE_TIMEOUT: Final = 8.0
+# How long a scrape waits for the workers: most of the scraper's own timeout when it says (as
+# Prometheus does), so that a stuck worker costs its own series and not the whole scrape; else
+# long enough for a worker rendering a few thousand probes on a starved machine.
+_SCRAPE_SHARE: Final = 0.8
+_SCRAPE_TIMEOUT: Final = 30.0
+_API_TIMEOUT: Final = 10.0
 # Passed to no worker: systemd's notifications and watchdog are the parent's alone.
 _PARENT_ONLY_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
 
@@ -205,7 +210,9 @@ class Worker:
         changes: dict[str, list[str]] = answer["changes"]
         return changes
 
-    async def get(self, path: str, accept: str = "*/*") -> tuple[int, str, bytes] | None:
+    async def get(
+        self, path: str, accept: str = "*/*", within: float = _API_TIMEOUT
+    ) -> tuple[int, str, bytes] | None:
         """(status, content type, body) of a GET to the worker, or None if it did not answer."""
         if not self.ready:
             return None
@@ -213,7 +220,7 @@ class Worker:
             async with self.http().get(
                 f"http://worker{path}",
                 headers={"Accept": accept},
-                timeout=aiohttp.ClientTimeout(total=_SCRAPE_TIMEOUT),
+                timeout=aiohttp.ClientTimeout(total=within),
             ) as resp:
                 return resp.status, resp.headers.get("Content-Type", ""), await resp.read()
         except (aiohttp.ClientError, TimeoutError):
@@ -240,7 +247,9 @@ class MergedExposition(Exposition):
         fmt = negotiate(accept)
         content_type = CONTENT_TYPES[fmt]
         workers = self._parent.workers
-        answers = await asyncio.gather(*(w.get("/metrics", content_type) for w in workers))
+        told = scrape_timeout.get()
+        timeout = _SCRAPE_TIMEOUT if told is None else told * _SCRAPE_SHARE
+        answers = await asyncio.gather(*(w.get("/metrics", content_type, timeout) for w in workers))
         bodies: list[tuple[str, bytes]] = []
         for worker, answer in zip(workers, answers, strict=True):
             ok = answer is not None and answer[0] == 200 and answer[1] == content_type
