@@ -335,3 +335,29 @@ def test_workers_must_be_a_positive_count(argument: str, tmp_path: Path) -> None
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "-c", "x.yaml", "--workers", argument])
+
+
+@pytest.mark.e2e
+async def test_prometheus_scrapes_a_two_worker_daemon(echo: EchoTarget, tmp_path: Path) -> None:
+    """The Debian Prometheus, native histograms on (protobuf), reads one target with every probe."""
+    from tests.test_native_histograms import prometheus, query
+
+    names = NAMES[:6]
+    config = write(tmp_path / "probed.yaml", echo_config(echo.port, names))
+    async with probed_run(config, "--workers", "2") as run:
+        await run.wait_for(lambda: all_up(run, names), "every probe up")
+        async with prometheus(tmp_path, run.url.removeprefix("http://")) as prom:
+
+            async def scraped() -> bool:
+                # Native samples: histogram_count is only defined on native histograms.
+                native = await query(prom, "count(histogram_count(probe_message_rtt_seconds) > 0)")
+                return native == len(names)
+
+            await run.wait_for(scraped, "Prometheus to store every probe's native histogram")
+            assert await query(prom, 'up{job="probed"}') == 1
+            assert await query(prom, "count(probe_success == 1)") == len(names)
+            assert await query(prom, "count(count by (probe) (probe_info))") == len(names)
+            assert await query(prom, "count(probed_worker_up == 1)") == 2
+            assert await query(prom, "count(process_cpu_seconds_total)") == 3
+            lag = "count(count by (worker) (probed_event_loop_lag_seconds_count))"
+            assert await query(prom, lag) == 2
