@@ -103,6 +103,9 @@ async def test_two_workers_serve_one_exposition_in_every_format(
         assert listed["configured"] == len(NAMES)
         status, _type, one = await run.get("/api/v1/probes/echo-5")
         assert status == 200 and json.loads(one)["name"] == "echo-5"
+        status, _type, page = await run.get("/?probe=echo-5")
+        assert status == 200 and 'data-probe="echo-5"' in page.decode()
+        assert 'data-probe="echo-4"' not in page.decode() and "recent cycles" in page.decode()
         status, _type, _ = await run.get("/-/healthy")
         assert status == 200
 

@@ -87,13 +87,17 @@ class WorkerDaemon(Daemon):
         self.metrics.config_loaded(True)
         return web.json_response({"ok": True, "changes": changes})
 
-    async def _cards_handler(self, _request: web.Request) -> web.Response:
-        """This worker's part of the status page: every probe's card, failing first."""
+    async def _cards_handler(self, request: web.Request) -> web.Response:
+        """This worker's part of the status page: every probe's card, failing first.
+
+        `?probe=NAME` asks for that one probe's card with its timeline (the page of one probe).
+        """
         import time
 
         now = time.time()
+        only = request.query.get("probe")
         statuses = sorted(
-            (p.status for p in self.exposition.probes()),
+            (p.status for p in self.exposition.probes() if only in (None, p.name)),
             key=lambda s: (s.state != "failing", s.name),
         )
         cards = [

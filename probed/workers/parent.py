@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import aiohttp
 import prometheus_client as pc
@@ -379,8 +381,6 @@ class ParentDaemon(Daemon):
         app.router.add_get("/api/v1/probes/{name}", self._probe)
 
     async def _gather_json(self, path: str) -> list[Any]:
-        import json
-
         answers = await asyncio.gather(*(w.get(path, "application/json") for w in self.workers))
         return [json.loads(a[2]) for a in answers if a is not None and a[0] == 200]
 
@@ -418,6 +418,13 @@ class ParentDaemon(Daemon):
         cards: list[dict[str, Any]] = [
             c for part in await self._gather_json("/-/cards") for c in part
         ]
+        if only is not None:
+            # The page of one probe: its card with the timeline, from the worker that runs it.
+            owner = self.workers[worker_of(only, len(self.workers))]
+            answer = await owner.get(f"/-/cards?{urlencode({'probe': only})}", "application/json")
+            if answer is not None and answer[0] == 200:
+                for card in json.loads(answer[2]):
+                    cards = [c for c in cards if c["name"] != card["name"]] + [card]
         cards.sort(key=lambda c: (c["state"] != "failing", c["name"]))
         failing = sum(c["state"] == "failing" for c in cards)
         summary = f"{len(cards)} probes, {failing} failing" if cards else "no probes"
