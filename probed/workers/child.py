@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import signal
 import sys
@@ -57,8 +58,13 @@ class WorkerDaemon(Daemon):
         super().__init__(config, listen="unix", shard=shard, **options)
         self.socket_path = socket_path
         self.worker = shard.index
-        # Its "started" and "stopped" lines are a worker's (the log context adds which one).
-        self._log = logs.get(component="worker")
+        # The daemon's own lines (started, reloaded, stopping) are the parent's to say, once; a
+        # worker keeps its warnings and errors (and its probes' lines, on their own loggers).
+        self._log = structlog.wrap_logger(
+            None,
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            component="worker",
+        )
 
     async def _serve(self) -> tuple[HttpServer, tuple[str, int]]:
         guard = ConnectionGuard(HttpLimits())

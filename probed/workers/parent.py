@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -109,7 +109,7 @@ class Worker:
 
     # -- the process ---------------------------------------------------------------------------
 
-    async def supervise(self, config: Any, stopping: asyncio.Event) -> None:
+    async def supervise(self, config: Callable[[], Config], stopping: asyncio.Event) -> None:
         """Keep the worker running until `stopping` is set; `config()` is what a start gets."""
         loop = asyncio.get_running_loop()
         delay = _RESTART_INITIAL
