@@ -287,7 +287,7 @@ async def phase(
         all_up_s = time.monotonic() - started
         bare_proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.perf.bare_client", f"ws://127.0.0.1:{echo_port}/",
-            str(bare), str(settle), str(measure + 2), stdout=asyncio.subprocess.PIPE,
+            str(bare), str(settle), str(measure + 15), stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         await asyncio.sleep(settle)
         pids = {"parent": proc.pid} if workers > 1 else {"worker 0": proc.pid}
