@@ -411,6 +411,15 @@ class _Builder:
                 f"{w.churn}; this is a probed bug, not an outage.",
             ),
             self.alert(
+                "ProbedWorkerCrashLooping",
+                f"increase(probed_worker_restarts_total[{w.churn}]) > {CRASHES_PER_WINDOW}",
+                severity="ticket",
+                labels={"component": "daemon"},
+                summary="probed worker {{ $labels.worker }} on {{ $labels.instance }} keeps dying",
+                description="The worker process exited {{ $value | humanize }} times in the last "
+                f"{w.churn}; its probes are blind while it restarts.",
+            ),
+            self.alert(
                 "ProbedScrapeFailed",
                 f"{up} == 0",
                 for_=w.down_for,

@@ -63,6 +63,12 @@ def _listen(value: str) -> str:
     return value
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
+    return int(value)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from probed.daemon import Daemon
 
@@ -84,17 +90,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"probed: {exc}", file=sys.stderr)
         return 2
 
+    from probed.workers.plan import worker_count
+
+    mine = config.probes if shard is None else shard.select(config.probes)
+    workers = worker_count(args.workers, len(mine))
+
     async def main() -> None:
-        daemon = Daemon(
-            config,
-            config_path=Path(args.config),
-            listen=args.listen,
-            log_level=args.log_level,
-            shard=shard,
-            enable_lifecycle=args.web_enable_lifecycle,
-            web_config=web_config,
-        )
-        await daemon.run()
+        options: dict[str, Any] = {
+            "config_path": Path(args.config),
+            "listen": args.listen,
+            "log_level": args.log_level,
+            "shard": shard,
+            "enable_lifecycle": args.web_enable_lifecycle,
+            "web_config": web_config,
+        }
+        if workers == 1:  # today's daemon, in this process: no parent, no channel
+            await Daemon(config, **options).run()
+            return
+        from probed.workers.parent import ParentDaemon
+
+        await ParentDaemon(config, workers=workers, log_format=args.log_format, **options).run()
 
     try:
         _run_loop(main())
@@ -333,6 +348,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         type=int,
         metavar="K",
         help="run each probe on K of the shards (default: $PROBED_SHARD_REPLICAS or 1)",
+    )
+    run.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="worker processes to spread the probes over (default: the CPUs available to"
+        " probed, at most one per probe; 1 runs everything in this process)",
     )
     run.add_argument(
         "--web.enable-lifecycle",

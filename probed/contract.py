@@ -33,6 +33,10 @@ FAMILIES: Final[tuple[Family, ...]] = (
     _f("probed_config_last_reload_success_timestamp_seconds", "gauge"),
     _f("probed_event_loop_lag_seconds", "histogram"),
     _f("probed_probe_restarts_total", "counter", "probe"),
+    # Under --workers N: one series per worker process, and the process_* and loop-lag families
+    # of each worker carry a `worker` label beside the parent's own (which has none).
+    _f("probed_worker_up", "gauge", "worker"),
+    _f("probed_worker_restarts_total", "counter", "worker"),
     _f("process_cpu_seconds_total", "counter"),
     _f("process_max_fds", "gauge"),
     _f("process_open_fds", "gauge"),
@@ -95,6 +99,19 @@ FAMILIES: Final[tuple[Family, ...]] = (
     _f("probe_webrtc_echoes_total", "counter", "result"),
 )
 BY_NAME: Final = {f.name: f for f in FAMILIES}
+# Families that describe one process: under --workers N each worker's series carry a `worker`
+# label (its index) beside the parent's own, which carry none.
+PER_WORKER: Final = frozenset(
+    {
+        "probed_event_loop_lag_seconds",
+        "process_cpu_seconds_total",
+        "process_max_fds",
+        "process_open_fds",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_virtual_memory_bytes",
+    }
+)
 
 _HISTOGRAM_SERIES: Final = ("_bucket", "_count", "_sum")
 

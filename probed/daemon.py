@@ -16,6 +16,8 @@ import socket
 import time
 from pathlib import Path
 
+from aiohttp import web
+
 from probed import gcpolicy, kinds, logs, watchdog
 from probed.config import Config, ConfigError, ProbeConfig, load_config
 from probed.http import HttpServer, start_http
@@ -25,12 +27,17 @@ from probed.ratelimit import LogLimiter, log_limited
 from probed.selfmon import LagMonitor
 from probed.sharding import Shard
 from probed.status import HistoryLimits, set_history_limits
+from probed.statuspage import add_routes
 from probed.webconfig import WebConfig
 
 _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
 # A probe that ran this long before crashing starts its restart backoff afresh.
 _RESTART_RESET_AFTER = 60.0
+
+
+class ApplyFailed(Exception):
+    """A config that validated could not be put into effect (a worker process did not take it)."""
 
 
 def sd_notify(state: str) -> None:
@@ -100,13 +107,13 @@ class Daemon:
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_signal_handler(signal.SIGINT, self.stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        self.http, self.bound = await start_http(self, self.listen, self.http_limits)
+        self.http, self.bound = await self._serve()
         runner = self.http
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 lag = tg.create_task(self.lag.run())
-                self._apply(self.config)
+                await self._install(self.config)
                 settle = max((p.stagger for p in self.config.probes), default=0.0) + 2.0
                 frozen = tg.create_task(gcpolicy.freeze_when_settled(settle))
                 self.ready.set()
@@ -115,7 +122,7 @@ class Daemon:
                 self._log.info(
                     "probed started",
                     listen=f"http://{self.bound[0]}:{self.bound[1]}",
-                    probes=len(self._running),
+                    probes=self.probe_count(),
                 )
                 self._warn_if_empty(self.config)
                 await self._stop.wait()
@@ -140,6 +147,24 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # Overridden by the worker processes of `--workers N` (probed/workers/): where the HTTP face
+    # listens, how a config is put into effect, and what the status page reads.
+
+    async def _serve(self) -> tuple[HttpServer, tuple[str, int]]:
+        return await start_http(self, self.listen, self.http_limits)
+
+    async def _install(self, config: Config) -> dict[str, list[str]]:
+        return self._apply(config)
+
+    def add_status_routes(self, app: web.Application) -> None:
+        add_routes(app, self)
+
+    def probe_count(self) -> int:
+        return len(self._running)
+
+    def health(self) -> tuple[bool, str]:
+        return True, "probed is healthy\n"
 
     def status_line(self) -> str:
         """One line for `systemctl status`: what runs here and how much of it is up."""
@@ -203,7 +228,11 @@ class Daemon:
                     "reload failed; keeping the running config", errors=exc.lines()[:50]
                 )
                 return False, str(exc)
-            changes = self._apply(config)
+            try:
+                changes = await self._install(config)
+            except ApplyFailed as exc:
+                self._log.error("reload failed", why=str(exc))
+                return False, str(exc)
             ok = True
         finally:
             # Whatever happened, the gauge says so and systemd hears READY again.
@@ -236,16 +265,7 @@ class Daemon:
         return False, why
 
     def _apply(self, config: Config) -> dict[str, list[str]]:
-        g = config.global_
-        logs.set_level(self._log_level_override or g.log_level)
-        self.exposition.labels = dict(g.labels)
-        self.lag.threshold = g.loop_lag_threshold
-        if self._listen_override is None and g.listen != self.listen:
-            self._log.warning(
-                "global.listen changed; restart probed to move the HTTP server",
-                running=self.listen,
-                configured=g.listen,
-            )
+        self._apply_global(config)
         mine = config.probes if self.shard is None else self.shard.select(config.probes)
         wanted = {p.name: p for p in mine}
         set_history_limits(HistoryLimits.for_probes(len(wanted)))
@@ -267,6 +287,18 @@ class Daemon:
             self._start_probe(cfg)
         self.config = config
         return changes
+
+    def _apply_global(self, config: Config) -> None:
+        g = config.global_
+        logs.set_level(self._log_level_override or g.log_level)
+        self.exposition.labels = dict(g.labels)
+        self.lag.threshold = g.loop_lag_threshold
+        if self._listen_override is None and g.listen != self.listen:
+            self._log.warning(
+                "global.listen changed; restart probed to move the HTTP server",
+                running=self.listen,
+                configured=g.listen,
+            )
 
     # -- probes --------------------------------------------------------------------------------
 

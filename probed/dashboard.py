@@ -476,9 +476,10 @@ def build() -> dict[str, Any]:
         "Event loop lag (p99)",
         [
             _q(
-                "histogram_quantile(0.99, sum by (le, instance) "
+                # One line per worker process under --workers N: one starved worker shows.
+                "histogram_quantile(0.99, sum by (le, instance, worker) "
                 f"(rate(probed_event_loop_lag_seconds_bucket{{{SELF}}}[{RATE}])))",
-                "{{instance}}",
+                "{{instance}} {{worker}}",
             )
         ],
         slo=0.05,
@@ -514,13 +515,29 @@ def build() -> dict[str, Any]:
                 "since last good config {{instance}}",
                 "C",
             ),
+            _q(
+                f"sum by (instance, worker) "
+                f"(increase(probed_worker_restarts_total{{{SELF}}}[{RATE}]))",
+                "worker restarts {{instance}} {{worker}}",
+                "D",
+            ),
+            _q(
+                f"min by (instance) (probed_worker_up{{{SELF}}})",
+                "all workers up {{instance}}",
+                "E",
+            ),
         ],
         unit="short",
         width=8,
     )
     lay.panel(
         "CPU",
-        [_q(f'rate(process_cpu_seconds_total{{job="probed", {SELF}}}[{RATE}])', "{{instance}}")],
+        [
+            _q(
+                f'rate(process_cpu_seconds_total{{job="probed", {SELF}}}[{RATE}])',
+                "{{instance}} {{worker}}",
+            )
+        ],
         unit="percentunit",
         width=6,
     )

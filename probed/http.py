@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -12,7 +13,6 @@ from probed import lifecycle
 from probed.config import split_listen
 from probed.exposition import chunks
 from probed.httpguard import ConnectionGuard, HttpLimits
-from probed.statuspage import add_routes
 from probed.webconfig import BasicAuth
 
 if TYPE_CHECKING:
@@ -23,8 +23,22 @@ _GUARD: web.AppKey[ConnectionGuard] = web.AppKey("guard")
 _ALLOWED_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("allowed_hosts")
 
 
+# The scraper's own timeout, which Prometheus sends with every scrape: a render that gathers from
+# worker processes (probed/workers/) answers within it, without the workers that are too slow.
+scrape_timeout: ContextVar[float | None] = ContextVar("scrape_timeout", default=None)
+
+
+def _timeout_header(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 < seconds < 3600 else None
+
+
 async def _metrics(request: web.Request) -> web.StreamResponse:
     daemon = request.app[_DAEMON]
+    scrape_timeout.set(_timeout_header(request.headers.get("X-Prometheus-Scrape-Timeout-Seconds")))
     # Rendered incrementally, on the loop in slices, one render shared by concurrent scrapers,
     # and written in pieces (probed/exposition.py): a scrape must not stall the probes.
     parts, content_type = await daemon.exposition.scrape(request.headers.get("Accept", ""))
@@ -37,8 +51,9 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _healthy(_request: web.Request) -> web.Response:
-    return web.Response(text="probed is healthy\n")
+async def _healthy(request: web.Request) -> web.Response:
+    ok, text = request.app[_DAEMON].health()
+    return web.Response(status=200 if ok else 503, text=text)
 
 
 async def _ready(request: web.Request) -> web.Response:
@@ -88,7 +103,7 @@ def make_app(daemon: Daemon, guard: ConnectionGuard | None = None) -> web.Applic
     app[_DAEMON] = daemon
     app[_GUARD] = guard or ConnectionGuard(HttpLimits())
     app[_ALLOWED_HOSTS] = lifecycle.allowed_hosts(daemon.listen)
-    add_routes(app, daemon)  # the status page at / and the JSON API under /api/v1/
+    daemon.add_status_routes(app)  # the status page at / and the JSON API under /api/v1/
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)

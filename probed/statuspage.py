@@ -235,6 +235,11 @@ def page_html(statuses: Iterable[ProbeStatus], *, configured: int, only: str | N
         )
     else:
         body = "".join(probe_html(s, now, detailed=i < PAGE_DETAILED) for i, s in enumerate(probes))
+    return page_frame(summary, failing, body, now)
+
+
+def page_frame(summary: str, failing: int, body: str, now: float) -> str:
+    """The page around its probe cards (also for cards rendered by worker processes)."""
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

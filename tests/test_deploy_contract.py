@@ -25,6 +25,8 @@ def test_the_exporter_matches_the_contract() -> None:
             # `probe` and the global static labels (location in the golden runs) come on top;
             # `role` too, on the session families of kinds that hold several kinds of session.
             own = set(labels.split(",")) - {"probe", "location", "role", ""}
+            if name in contract.PER_WORKER:  # each worker's, under --workers N
+                own.discard("worker")
             assert own == set(family.labels) - {"probe"}, name
             assert family.per_probe == ("probe" in labels.split(",")) or name.startswith(
                 "probed_probe_"
