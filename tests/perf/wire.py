@@ -41,7 +41,7 @@ from probed.config import load_config
 from probed.daemon import Daemon
 from probed.metrics import Latency
 from probed.probes.echo import EchoProbe
-from tests.perf.bench import pct, start_echo
+from tests.perf.bench import LagSampler, pct, start_echo
 from tests.perf.wire_parse import OP_TEXT, CaptureStats, messages
 
 SKIP_EXIT = 77
@@ -164,6 +164,36 @@ class Recorder:
         for undo in self._undo:
             undo()
         self._undo = []
+
+
+def schedstat(pid: int) -> tuple[int, int, int]:
+    """(ns on a CPU, ns runnable but waiting for one, timeslices) of a process so far."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        on_cpu, waiting, slices = f.read().split()
+    return int(on_cpu), int(waiting), int(slices)
+
+
+def sched_delta(
+    before: tuple[int, int, int], after: tuple[int, int, int], seconds: float
+) -> dict[str, float]:
+    """A process's CPU share, and how long it waited for a CPU once runnable: the part of a
+    late timestamp that is the machine's, not the process's own work."""
+    on_cpu, waiting, slices = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "cpu_share": round(on_cpu / 1e9 / seconds, 3),
+        "runqueue_wait_share": round(waiting / 1e9 / seconds, 3),
+        "runqueue_wait_per_slice_ms": round(waiting / 1e6 / slices, 3) if slices else 0.0,
+    }
+
+
+def cpu_pressure_us() -> int | None:
+    """Microseconds so far in which some runnable task waited for a CPU (PSI), if the kernel
+    keeps it."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def raise_nofile(count: int) -> tuple[int, int]:
@@ -349,16 +379,42 @@ async def measure_size(count: int, seconds: float, workdir: Path) -> dict[str, A
     run = asyncio.create_task(daemon.run(handle_signals=False))
     started = time.perf_counter()
     try:
-        # Polled: "all N sessions up" is no single event.
-        while sum(p.status.up for p in daemon.exposition.probes()) < count:  # noqa: ASYNC110
+        # Polled: "all N sessions up" is no single event. Bounded: a size this machine cannot
+        # hold is measured with the sessions it has, and says how many that was.
+        give_up = started + 60 + count / 100
+        while (up := sum(p.status.up for p in daemon.exposition.probes())) < count:
+            if time.perf_counter() > give_up:
+                break
             await asyncio.sleep(0.05)
         all_up_s = time.perf_counter() - started
         await asyncio.sleep(max(0.0, warmup - all_up_s))
+        lag = LagSampler()
+        lag_task = asyncio.create_task(lag.run())
         recorder.active = True
         load_start = os.getloadavg()[0]
+        pids = {
+            "probed": os.getpid(),
+            "bare": bare.pid,
+            "echo_server": echo.pid,
+            "tcpdump": capture.proc.pid,
+        }
+        sched_start = {name: schedstat(pid) for name, pid in pids.items()}
+        pressure_start = cpu_pressure_us()
         await asyncio.sleep(seconds)
+        pressure_end = cpu_pressure_us()
+        # The share of the window in which something on the machine waited for a CPU.
+        pressure = (
+            None
+            if pressure_start is None or pressure_end is None
+            else round((pressure_end - pressure_start) / 1e6 / seconds, 3)
+        )
+        sched = {
+            name: sched_delta(sched_start[name], schedstat(pid), seconds)
+            for name, pid in pids.items()
+        }
         recorder.active = False
         load_end = os.getloadavg()[0]
+        lag_task.cancel()
         # Replies to the last messages of the window are in flight: let them land on the wire.
         await asyncio.sleep(1.0)
     finally:
@@ -385,6 +441,11 @@ async def measure_size(count: int, seconds: float, workdir: Path) -> dict[str, A
         "load_average_1m": [load_start, load_end],
         "nofile_limit": list(limit),
         "all_sessions_up_s": round(all_up_s, 2),
+        "sessions_up": up,
+        # probed's own state in the window: its loop's lag and its share of one core.
+        "loop_lag_p99_ms": pct(lag.lags_ms, 0.99),
+        "sched": sched,
+        "cpu_pressure_some": pressure,
         "probed": pair(probed_rows, wire, offset),
         "bare": pair(bare_records(records), wire, offset),
         "bare_summary": json.loads(out.decode().strip().splitlines()[-1]),
@@ -447,7 +508,34 @@ def markdown(results: list[dict[str, Any]]) -> str:
                 f"{r['tcpdump'].get('dropped_by_kernel', '?')}"
             ),
         ),
-        row("all sessions up (s)", lambda r: f"{r['all_sessions_up_s']:.1f}"),
+        row(
+            "sessions up / after (s)",
+            lambda r: f"{r['sessions_up']:,} / {r['all_sessions_up_s']:.1f}",
+        ),
+        row(
+            "probed: loop lag p99 (ms)",
+            lambda r: f"{r['loop_lag_p99_ms']:.1f}",
+        ),
+        row(
+            "CPU, % of a core: probed / bare / echo server / tcpdump",
+            lambda r: " / ".join(
+                f"{100 * r['sched'][p]['cpu_share']:.0f}"
+                for p in ("probed", "bare", "echo_server", "tcpdump")
+            ),
+        ),
+        row(
+            "waiting for a CPU, ms per timeslice: probed / bare / echo / tcpdump",
+            lambda r: " / ".join(
+                f"{r['sched'][p]['runqueue_wait_per_slice_ms']:.2f}"
+                for p in ("probed", "bare", "echo_server", "tcpdump")
+            ),
+        ),
+        row(
+            "machine: share of the window some task waited for a CPU (PSI)",
+            lambda r: (
+                "-" if r["cpu_pressure_some"] is None else f"{100 * r['cpu_pressure_some']:.0f}%"
+            ),
+        ),
         row(
             "load average (1 min) at start / end of the window",
             lambda r: " / ".join(f"{x:.1f}" for x in r["load_average_1m"]),
