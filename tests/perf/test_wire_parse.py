@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from websockets.frames import Frame, Opcode
 
-from tests.perf.wire import Reported, message_key, pair
+from tests.perf.wire import Reported, message_key, pair, wire_times
 from tests.perf.wire_parse import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL2,
@@ -224,3 +224,19 @@ def test_pairing_subtracts_the_wire_per_message() -> None:
     assert message_key('{"id":"r-0-1","probe":"p1","seq":1}') == "p1/r-0-1"
     assert message_key(b"bare-0-1") == "bare-0-1"
     assert message_key("{not json") is None
+
+
+def test_a_retransmitted_reply_is_timed_by_its_last_copy(tmp_path: Path) -> None:
+    """A copy the client's kernel dropped was never read: the client had the reply only when
+    TCP sent it again, and that wait is the wire's."""
+    c = Conversation()
+    c.send(100, True, ws(b'{"probe":"p1","id":"a"}', mask=True))
+    reply = c.segment(False, ws(b'{"probe":"p1","id":"a"}', mask=False))
+    c.records += [(200, reply), (400, reply)]
+    c.send(500, True, ws(b"bare-0-1", mask=True))
+    c.send(520, False, ws(b"bare-0-1", mask=False))
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pcap(c.records))
+    times, counts = wire_times(path, SERVER)
+    assert times == {"p1/a": (100, 400), "bare-0-1": (500, 520)}
+    assert counts["replies_retransmitted"] == 1 and counts["duplicate_segments"] == 1

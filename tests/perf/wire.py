@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import re
@@ -241,6 +242,8 @@ def wire_times(path: Path, port: int) -> tuple[dict[str, tuple[int, int]], dict[
     stats = CaptureStats()
     requests: dict[tuple[tuple[str, int], str], int] = {}
     times: dict[str, tuple[int, int]] = {}
+    # Per client: (stream offset past each reply, its key), in stream order.
+    reply_ends: dict[tuple[str, int], list[tuple[int, str]]] = {}
     repeated = 0
     for cm in messages(path, port, stats):
         if cm.message.opcode != OP_TEXT:
@@ -256,6 +259,21 @@ def wire_times(path: Path, port: int) -> tuple[dict[str, tuple[int, int]], dict[
             requests[conn_key] = cm.message.ts_ns
         elif conn_key in requests and key not in times:
             times[key] = (requests.pop(conn_key), cm.message.ts_ns)
+            reply_ends.setdefault(cm.client, []).append((cm.message.end, key))
+    # A reply whose bytes were sent again reached its client no earlier than the last copy:
+    # the wait for the retransmission is the kernel's, not the client's, so it counts as wire.
+    retransmitted = 0
+    for (client, from_client), ranges in stats.retransmits.items():
+        ends = reply_ends.get(client, [])
+        for low, high, ts_ns in [] if from_client else ranges:
+            i = bisect.bisect_right(ends, (low, "\uffff"))
+            while i < len(ends) and ends[i][0] <= high:
+                key = ends[i][1]
+                request_ns, reply_ns = times[key]
+                if ts_ns > reply_ns:
+                    times[key] = (request_ns, ts_ns)
+                    retransmitted += 1
+                i += 1
     counts = {
         "records": stats.records,
         "segments": stats.segments,
@@ -265,6 +283,7 @@ def wire_times(path: Path, port: int) -> tuple[dict[str, tuple[int, int]], dict[
         "resyncs": stats.resyncs,
         "bad_frames": stats.bad_frames,
         "repeated_request_keys": repeated,
+        "replies_retransmitted": retransmitted,
     }
     return times, counts
 

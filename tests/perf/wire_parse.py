@@ -73,6 +73,7 @@ class Message:
     ts_ns: int
     opcode: int
     payload: bytes
+    end: int = 0  # the stream offset just past its last byte
 
 
 def read_records(f: BinaryIO) -> tuple[int, Iterator[tuple[int, bytes, int]]]:
@@ -181,14 +182,19 @@ class FrameReader:
     partial: list[bytes] = field(default_factory=list)
     resyncs: int = 0
     bad_frames: int = 0
+    position: int = 0  # the stream offset of buffer[0]
 
-    def feed(self, data: bytes, ts_ns: int) -> list[Message]:
+    def feed(self, data: bytes, ts_ns: int, at: int = 0) -> list[Message]:
+        """Read `data`, which starts at stream offset `at`; the messages it completed."""
+        if not self.buffer:
+            self.position = at
         self.buffer += data
         if self.in_http:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 return []
             del self.buffer[: end + 4]
+            self.position += end + 4
             self.in_http = False
         out: list[Message] = []
         while True:
@@ -197,17 +203,18 @@ class FrameReader:
                 return out
             fin, opcode, payload = frame
             if opcode >= 0x8:  # control frames may sit between the fragments of a message
-                out.append(Message(ts_ns, opcode, payload))
+                out.append(Message(ts_ns, opcode, payload, self.position))
             elif opcode == OP_CONTINUATION:
                 if self.partial_opcode is None:
                     self.bad_frames += 1
                     continue
                 self.partial.append(payload)
                 if fin:
-                    out.append(Message(ts_ns, self.partial_opcode, b"".join(self.partial)))
+                    whole = b"".join(self.partial)
+                    out.append(Message(ts_ns, self.partial_opcode, whole, self.position))
                     self.partial_opcode, self.partial = None, []
             elif fin:
-                out.append(Message(ts_ns, opcode, payload))
+                out.append(Message(ts_ns, opcode, payload, self.position))
             else:
                 self.partial_opcode, self.partial = opcode, [payload]
 
@@ -234,6 +241,7 @@ class FrameReader:
         else:
             payload = bytes(buf[at:end])
         del buf[:end]
+        self.position += end
         return bool(b0 & 0x80), b0 & 0x0F, payload
 
     def gap(self) -> None:
@@ -263,6 +271,9 @@ class Direction:
     delivered: int = 0  # stream offset of the next byte the reader needs
     pending: dict[int, tuple[bytes, int]] = field(default_factory=dict)
     duplicates: int = 0
+    # (from, to, capture time) of bytes seen again: a copy the receiver may not have had until
+    # this one (loopback drops under a full backlog, then TCP retransmits).
+    retransmits: list[tuple[int, int, int]] = field(default_factory=list)
 
     def feed(self, seg: Segment) -> list[Message]:
         if seg.flags & SYN:
@@ -293,6 +304,8 @@ class Direction:
                 start = stale[0]
             payload, length = self.pending.pop(start)
             skip = self.delivered - start
+            if skip > 0:
+                self.retransmits.append((start, min(self.delivered, start + length), seg.ts_ns))
             if skip >= length:
                 self.duplicates += 1
                 continue
@@ -300,10 +313,10 @@ class Direction:
             if len(payload) < length:
                 kept = payload[skip:]
                 if kept:
-                    out += self.reader.feed(kept, seg.ts_ns)
+                    out += self.reader.feed(kept, seg.ts_ns, start + skip)
                 self.reader.gap()
             else:
-                out += self.reader.feed(payload[skip:], seg.ts_ns)
+                out += self.reader.feed(payload[skip:], seg.ts_ns, start + skip)
         return out
 
 
@@ -325,6 +338,10 @@ class CaptureStats:
     resyncs: int = 0
     bad_frames: int = 0
     connections: int = 0
+    # Per (client address, from the client): (from, to, capture time) of bytes seen again.
+    retransmits: dict[tuple[tuple[str, int], bool], list[tuple[int, int, int]]] = field(
+        default_factory=dict
+    )
 
 
 def messages(path: Path, server_port: int, stats: CaptureStats) -> Iterator[ConnectionMessage]:
@@ -355,3 +372,4 @@ def messages(path: Path, server_port: int, stats: CaptureStats) -> Iterator[Conn
         stats.duplicates += d.duplicates
         stats.resyncs += d.reader.resyncs
         stats.bad_frames += d.reader.bad_frames
+    stats.retransmits = {key: d.retransmits for key, d in directions.items() if d.retransmits}
