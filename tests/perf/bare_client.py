@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import resource
+import signal
 import sys
 import time
 
@@ -71,11 +72,19 @@ async def main(
     rtts: list[float] = []
     records: list[tuple[str, int, int]] | None = [] if records_path else None
     stop = asyncio.Event()
+    go = asyncio.Event()
+    if warmup < 0:
+        # Measure from SIGUSR1 on: tests/perf/wire.py opens both clients' windows together.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
+        print("waiting for SIGUSR1", flush=True)
     tasks = [
         asyncio.create_task(session(url, 1.0, rtts, stop, index=i, records=records))
         for i in range(count)
     ]
-    await asyncio.sleep(warmup)
+    if warmup < 0:
+        await go.wait()
+    else:
+        await asyncio.sleep(warmup)
     after = rss_kb()
     rtts.clear()
     if records is not None:

@@ -168,9 +168,13 @@ class Recorder:
 
 
 def schedstat(pid: int) -> tuple[int, int, int]:
-    """(ns on a CPU, ns runnable but waiting for one, timeslices) of a process so far."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        on_cpu, waiting, slices = f.read().split()
+    """(ns on a CPU, ns runnable but waiting for one, timeslices) of a process so far; zeros
+    once it has gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, waiting, slices = f.read().split()
+    except OSError:
+        return 0, 0, 0
     return int(on_cpu), int(waiting), int(slices)
 
 
@@ -381,15 +385,17 @@ async def measure_size(count: int, seconds: float, workdir: Path) -> dict[str, A
         echo.terminate()
         await echo.wait()
         raise
-    # Connecting N sessions takes about N/250 s here with both clients at once; the bare client
-    # starts measuring after `warmup` on its own clock, so that is sized to cover it.
-    warmup = (3.0 if seconds >= 10 else 1.0) + count / 250
+    # Settling after all sessions are up (first messages, the heap freeze); the bare client's
+    # window opens on SIGUSR1 at the same moment as probed's.
+    warmup = 3.0 if seconds >= 10 else 1.0
     records = workdir / f"bare-{count}.tsv"
     bare = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.perf.bare_client", url, str(count), str(warmup),
+        sys.executable, "-m", "tests.perf.bare_client", url, str(count), "-1",
         str(seconds), str(records),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    assert bare.stdout is not None
+    await bare.stdout.readline()  # "waiting for SIGUSR1": its handler is in place
     recorder = Recorder()
     recorder.install()
     config = workdir / "probed.yaml"
@@ -406,9 +412,10 @@ async def measure_size(count: int, seconds: float, workdir: Path) -> dict[str, A
                 break
             await asyncio.sleep(0.05)
         all_up_s = time.perf_counter() - started
-        await asyncio.sleep(max(0.0, warmup - all_up_s))
+        await asyncio.sleep(warmup)
         lag = LagSampler()
         lag_task = asyncio.create_task(lag.run())
+        bare.send_signal(signal.SIGUSR1)
         recorder.active = True
         load_start = os.getloadavg()[0]
         pids = {
