@@ -240,3 +240,13 @@ def test_a_retransmitted_reply_is_timed_by_its_last_copy(tmp_path: Path) -> None
     times, counts = wire_times(path, SERVER)
     assert times == {"p1/a": (100, 400), "bare-0-1": (500, 520)}
     assert counts["replies_retransmitted"] == 1 and counts["duplicate_segments"] == 1
+
+
+def test_a_new_connection_on_the_same_client_port_starts_afresh(tmp_path: Path) -> None:
+    first = Conversation(client_isn=1000, server_isn=5000)
+    first.send(10, True, ws(b"old", mask=True) + ws(b"cut", mask=True)[:3])  # left mid-frame
+    second = Conversation(client_isn=900_000, server_isn=7000)
+    second.send(20, True, ws(b"new", mask=True))
+    got, stats = read(tmp_path, pcap(first.records + second.records))
+    assert got == [(True, 10, OP_TEXT, b"old"), (True, 20, OP_TEXT, b"new")]
+    assert stats.port_reuses == 2 and stats.bad_frames == 0  # each direction's new SYN

@@ -286,6 +286,7 @@ def wire_times(path: Path, port: int) -> tuple[dict[str, tuple[int, int]], dict[
         "duplicate_segments": stats.duplicates,
         "resyncs": stats.resyncs,
         "bad_frames": stats.bad_frames,
+        "connections_on_a_reused_port": stats.port_reuses,
         "repeated_request_keys": repeated,
         "replies_retransmitted": retransmitted,
     }

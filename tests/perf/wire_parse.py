@@ -271,13 +271,19 @@ class Direction:
     delivered: int = 0  # stream offset of the next byte the reader needs
     pending: dict[int, tuple[bytes, int]] = field(default_factory=dict)
     duplicates: int = 0
+    reuses: int = 0
     # (from, to, capture time) of bytes seen again: a copy the receiver may not have had until
     # this one (loopback drops under a full backlog, then TCP retransmits).
     retransmits: list[tuple[int, int, int]] = field(default_factory=list)
 
     def feed(self, seg: Segment) -> list[Message]:
         if seg.flags & SYN:
-            self.base = (seg.seq + 1) % _MOD
+            first_byte = (seg.seq + 1) % _MOD
+            if self.base is not None and first_byte != self.base:
+                # The same client port, a new connection (a retried connect): start afresh.
+                self.reuses += 1
+                self.reader, self.delivered, self.pending = FrameReader(), 0, {}
+            self.base = first_byte
             return []
         if seg.length == 0:
             return []
@@ -338,6 +344,7 @@ class CaptureStats:
     resyncs: int = 0
     bad_frames: int = 0
     connections: int = 0
+    port_reuses: int = 0
     # Per (client address, from the client): (from, to, capture time) of bytes seen again.
     retransmits: dict[tuple[tuple[str, int], bool], list[tuple[int, int, int]]] = field(
         default_factory=dict
@@ -372,4 +379,5 @@ def messages(path: Path, server_port: int, stats: CaptureStats) -> Iterator[Conn
         stats.duplicates += d.duplicates
         stats.resyncs += d.reader.resyncs
         stats.bad_frames += d.reader.bad_frames
+        stats.port_reuses += d.reuses
     stats.retransmits = {key: d.retransmits for key, d in directions.items() if d.retransmits}
