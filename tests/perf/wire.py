@@ -358,6 +358,8 @@ def pair(
         "tainted_fraction": tainted / len(every) if every else 0.0,
         "error": summary(every),
         "error_kept": summary(kept),
+        # Kept (exported) yet inflated beyond the 5 ms taint rule: what the lag rule missed.
+        "kept_over_5ms": sum(e > 5_000_000 for e in kept),
         "send_side": summary(send_side),
         "receive_side": summary(receive_side),
         "reported_rtt_p50_ms": pct(reported_ms, 0.5),
@@ -507,6 +509,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
         row(
             "probed measurements tainted (withheld)",
             lambda r: f"{100 * r['probed']['tainted_fraction']:.1f}%",
+        ),
+        row(
+            "probed kept (exported) but inflated > 5 ms",
+            lambda r: f"{r['probed'].get('kept_over_5ms', '?')}",
         ),
         row(
             "pairs probed / bare (unpaired)",
