@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import bisect
 import json
+import math
 import os
 import re
 import resource
@@ -183,6 +184,9 @@ def sched_delta(
 ) -> dict[str, float]:
     """A process's CPU share, and how long it waited for a CPU once runnable: the part of a
     late timestamp that is the machine's, not the process's own work."""
+    if not any(after):  # it ended before the window did
+        return {"cpu_share": math.nan, "runqueue_wait_share": math.nan,
+                "runqueue_wait_per_slice_ms": math.nan}  # fmt: skip
     on_cpu, waiting, slices = (a - b for a, b in zip(after, before, strict=True))
     return {
         "cpu_share": round(on_cpu / 1e9 / seconds, 3),
