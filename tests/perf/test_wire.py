@@ -44,7 +44,7 @@ async def test_quick_wire_run_pairs_every_message(tmp_path: Path) -> None:
     assert result["sessions_up"] == result["sessions"] == 2
     assert result["tcpdump"]["dropped_by_kernel"] == 0
     capture = result["capture"]
-    assert capture["connections"] == 4  # 2 probed + 2 bare sessions
+    assert capture["connections"] >= 4  # 2 probed + 2 bare sessions (more if one reconnected)
     assert capture["truncated_segments"] == capture["resyncs"] == capture["bad_frames"] == 0
     for side in ("probed", "bare"):
         got = result[side]

@@ -382,16 +382,28 @@ def bare_records(path: Path) -> list[Reported]:
 
 
 async def measure_size(count: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    children: list[asyncio.subprocess.Process] = []
+    try:
+        return await _measure_size(count, seconds, workdir, children)
+    except BaseException:
+        # A failed run must not leave tcpdump capturing or the servers holding sessions.
+        for proc in children:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        raise
+
+
+async def _measure_size(
+    count: int, seconds: float, workdir: Path, children: list[asyncio.subprocess.Process]
+) -> dict[str, Any]:
     limit = raise_nofile(count)
     echo, url = await start_echo()
+    children.append(echo)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     pcap = workdir / f"wire-{count}.pcap"
-    try:
-        capture = await Capture.start(port, pcap)
-    except CaptureUnavailable:
-        echo.terminate()
-        await echo.wait()
-        raise
+    capture = await Capture.start(port, pcap)
+    children.append(capture.proc)
     # Settling after all sessions are up (first messages, the heap freeze); the bare client's
     # window opens on SIGUSR1 at the same moment as probed's.
     warmup = 3.0 if seconds >= 10 else 1.0
@@ -401,6 +413,7 @@ async def measure_size(count: int, seconds: float, workdir: Path) -> dict[str, A
         str(seconds), str(records),
         stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    children.append(bare)
     assert bare.stdout is not None
     await bare.stdout.readline()  # "waiting for SIGUSR1": its handler is in place
     recorder = Recorder()
