@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive for real: promtool and prometheus (prometheus), amtool and
 # alertmanager (prometheus-alertmanager), systemd-analyze (systemd), a CONNECT proxy (tinyproxy),
 # a headless browser for the status page (chromium), flite and sox (the speech fixtures are
-# regenerated to check they reproduce).
+# regenerated to check they reproduce), tcpdump (the wire-error harness captures loopback).
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
@@ -17,6 +17,7 @@ command -v tinyproxy >/dev/null 2>&1 || missing+=(tinyproxy)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v flite >/dev/null 2>&1 || missing+=(flite)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
+command -v tcpdump >/dev/null 2>&1 || missing+=(tcpdump)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing Debian packages: ${missing[*]}"
