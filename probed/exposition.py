@@ -20,7 +20,7 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate, chain, compress, repeat
-from operator import attrgetter, ne, sub
+from operator import add, attrgetter, ne, sub
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
@@ -219,15 +219,13 @@ def _span(offset: int, length: int) -> bytes:
 
 def _spans(indexes: tuple[int, ...]) -> bytes:
     """positive_span fields: runs of consecutive indexes, each offset from the previous run."""
-    n = len(indexes)
-    # Positions where a run starts: the first, and each one more than 1 past its predecessor.
-    gaps = map(sub, indexes[1:], indexes)
-    starts = [0, *compress(range(1, n), map(ne, gaps, repeat(1)))]
-    ends = [*starts[1:], n]
-    out = [_span(indexes[0], ends[0])]
-    for a, b in zip(starts[1:], ends[1:], strict=True):
-        out.append(_span(indexes[a] - indexes[a - 1] - 1, b - a))
-    return b"".join(out)
+    gaps = list(map(sub, indexes[1:], indexes))
+    # Where a run starts (after the first): each index more than 1 past its predecessor.
+    starts = list(compress(range(1, len(indexes)), map(ne, gaps, repeat(1))))
+    lengths = map(sub, [*starts, len(indexes)], [0, *starts])
+    # The first run is at its index; each next one is offset from the end of the one before.
+    offsets = [indexes[0], *map(sub, map(gaps.__getitem__, map(sub, starts, repeat(1))), repeat(1))]
+    return b"".join(map(_span, offsets, lengths))
 
 
 class _NativeState:
@@ -251,20 +249,22 @@ class _NativeState:
     def update(self, native: dict[int, int], touched: list[int]) -> None:
         moved = set(touched)
         indexes, deltas = self.indexes, self.deltas
-        for i in sorted(moved):
-            p = bisect_left(indexes, i)
-            if p == len(indexes) or indexes[p] != i:  # a bucket that was empty until now
-                indexes = (*indexes[:p], i, *indexes[p:])
-                deltas.insert(p, b"")  # encoded below with the other moved ones
-        if indexes is not self.indexes:
+        if len(indexes) != len(native):  # buckets that were empty until now
+            for i in sorted(moved):
+                p = bisect_left(indexes, i)
+                if p == len(indexes) or indexes[p] != i:
+                    indexes = (*indexes[:p], i, *indexes[p:])
+                    deltas.insert(p, b"")  # encoded below with the other moved ones
             self.indexes = indexes
             self.spans = _spans(indexes)
-        last = len(indexes) - 1
-        at = {bisect_left(indexes, i) for i in moved}
+        at = set(map(bisect_left, repeat(indexes), moved))
         # A bucket's delta is from the bucket before it: the one after a moved one moves too.
-        for p in at.union([p + 1 for p in at if p < last]):
-            below = native[indexes[p - 1]] if p else 0
-            deltas[p] = _delta(native[indexes[p]] - below)
+        at.update(map(add, list(at), repeat(1)))
+        at.discard(len(indexes))
+        get = _DELTAS.get
+        for p in at:
+            d = native[indexes[p]] - (native[indexes[p - 1]] if p else 0)
+            deltas[p] = get(d) or pb.varint(pb.zigzag(d))
         self._pack()
 
     def _pack(self) -> None:
@@ -289,10 +289,16 @@ def _native_fields(h: HistogramChild) -> bytes:
     return _NATIVE_HEAD + zero + state.fields
 
 
-def _bucket_tails(family: Histogram, cache: _FamilyCache) -> list[bytes]:
-    # The upper_bound field of each classic bucket never changes: encoded once per family.
+def _bucket_template(family: Histogram, cache: _FamilyCache) -> list[bytes]:
+    """The classic buckets' parts, three per bucket, with each upper bound's field in place.
+
+    The upper_bound field of each classic bucket never changes: encoded once per family; a
+    render fills in the heads and counts (slice assignments, in C).
+    """
     if cache.bucket_tails is None:
-        cache.bucket_tails = [pb.double_field(2, b) for b in family.bounds]
+        template = [b""] * (3 * len(family.bounds))
+        template[2::3] = [pb.double_field(2, b) for b in family.bounds]
+        cache.bucket_tails = template
     return cache.bucket_tails
 
 
@@ -307,12 +313,14 @@ def _histogram_message(family: Histogram, h: HistogramChild, cache: _FamilyCache
     cumulative = list(accumulate(h.counts))
     cumulative.pop()  # +Inf: the message's sample_count
     counts = pb.varints(cumulative)
-    heads = map(_BUCKET_HEADS.__getitem__, map(len, counts))
-    buckets = chain.from_iterable(zip(heads, counts, _bucket_tails(family, cache), strict=True))
+    parts = _bucket_template(family, cache).copy()
+    parts[0::3] = list(map(_BUCKET_HEADS.__getitem__, map(len, counts)))
+    parts[1::3] = counts
     head = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
-    if h.native is None:
-        return head + b"".join(buckets)
-    return b"".join((head, b"".join(buckets), _native_fields(h)))
+    parts.insert(0, head)
+    if h.native is not None:
+        parts.append(_native_fields(h))
+    return b"".join(parts)
 
 
 _COUNT_KEY: Final = pb.key(1, pb.VARINT)

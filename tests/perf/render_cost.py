@@ -10,14 +10,21 @@ times `--interval` x `--rate` messages (a scrape every 5 s at 1 message/s: five 
 histogram, so every probe's latency histogram and message counters changed, and a few of its
 native buckets). Each render then re-renders what changed and reuses the rest, as in the daemon.
 `--interval 1` is what the benchmark's in-daemon figure measures (two renders a second apart).
+
+`--daemon` measures the same inside a running daemon: N echo probes against an echo server in
+another process, their round-trip histograms given the same spread history, then renders
+`--interval` seconds apart while the probes run (a larger heap, the loop's own work between).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
+import os
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -119,6 +126,65 @@ def main(
         profiler.dump_stats(profile)
 
 
+ACCEPT = {
+    Format.TEXT: "text/plain",
+    Format.OPENMETRICS: "application/openmetrics-text; version=1.0.0",
+    Format.PROTOBUF: "application/vnd.google.protobuf;"
+    "proto=io.prometheus.client.MetricFamily;encoding=delimited",
+}
+
+
+async def in_daemon(
+    count: int, renders: int, *, interval: float, history: int, formats: list[Format]
+) -> None:
+    # Imported here: the exposition-only mode needs no daemon.
+    from probed import logs
+    from probed.config import load_config
+    from probed.daemon import Daemon
+    from tests.perf.bench import probes_yaml, render_cpu_ms, start_echo
+
+    logs.configure("error", json=True)
+    echo, url = await start_echo()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "probed.yaml"
+            path.write_text(probes_yaml(url, count))
+            daemon = Daemon(load_config(path), config_path=path, listen="127.0.0.1:0")
+            run = asyncio.create_task(daemon.run(handle_signals=False))
+            # Polled: "all N sessions up" is no single event.
+            while sum(p.status.up for p in daemon.exposition.probes()) < count:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            rng = random.Random(1)
+            for probe in daemon.exposition.probes():
+                for family in probe.registry.families:
+                    if family.name == "probe_message_rtt_seconds":
+                        assert isinstance(family, Histogram)
+                        for _ in range(history):
+                            family.observe(rtt_ns(rng) / 1e9)
+            await asyncio.sleep(3.0)
+            print(
+                f"in the daemon: {count} probes, {native_buckets_mean(daemon.exposition):.0f}"
+                f" native buckets per histogram, renders {interval:g} s apart,"
+                f" load average {os.getloadavg()[0]:.1f}"
+            )
+            for fmt in formats:
+                cpu, size = [], 0
+                for _ in range(renders + 1):
+                    ms, size = render_cpu_ms(daemon, ACCEPT[fmt])
+                    cpu.append(ms)
+                    await asyncio.sleep(interval)
+                steady = cpu[1:]  # the first render fills the caches
+                print(
+                    f"{fmt.name:12} median {statistics.median(steady):.1f} ms CPU,"
+                    f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB"
+                )
+            daemon.stop()
+            await run
+    finally:
+        echo.terminate()
+        await echo.wait()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=1000)
@@ -132,7 +198,22 @@ if __name__ == "__main__":
     parser.add_argument(
         "--formats", default="text,openmetrics,protobuf", help="which formats to render"
     )
+    parser.add_argument("--daemon", action="store_true", help="measure in a running daemon")
     args = parser.parse_args()
+    formats = [Format[f.strip().upper()] for f in args.formats.split(",")]
+    if args.daemon:
+        import uvloop
+
+        uvloop.run(
+            in_daemon(
+                args.probes,
+                args.renders,
+                interval=args.interval,
+                history=args.history,
+                formats=formats,
+            )
+        )
+        raise SystemExit(0)
     main(
         args.probes,
         args.renders,
@@ -140,5 +221,5 @@ if __name__ == "__main__":
         rate=args.rate,
         history=args.history,
         profile=args.profile,
-        formats=[Format[f.strip().upper()] for f in args.formats.split(",")],
+        formats=formats,
     )
