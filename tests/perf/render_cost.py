@@ -84,6 +84,20 @@ def native_buckets_mean(exposition: Exposition) -> float:
     return statistics.fmean(counts) if counts else 0.0
 
 
+def render(exposition: Exposition, fmt: Format) -> tuple[int, float]:
+    """One render as the daemon slices it, then joined as `render_format` does: its size, and
+    the CPU of the longest step between two pauses (the daemon writes the parts in pieces, so
+    the join is not a step). CPU, not wall time: on a shared machine the wall time of a step is
+    mostly the neighbours'."""
+    steps = exposition._render(fmt)
+    longest, last = 0, time.thread_time_ns()
+    for _ in steps:
+        now = time.thread_time_ns()
+        longest, last = max(longest, now - last), now
+    longest = max(longest, time.thread_time_ns() - last)
+    return len(b"".join(steps.result)), longest / 1e6
+
+
 def main(
     count: int,
     renders: int,
@@ -103,7 +117,7 @@ def main(
     )
     profiler = cProfile.Profile() if profile else None
     for fmt in formats:
-        cpu, size = [], 0
+        cpu, slices, size = [], [], 0
         for n in range(renders + 2):
             for probe, m in probes:
                 for _ in range(per_render):
@@ -113,14 +127,16 @@ def main(
             start = time.thread_time_ns()
             if measured and profiler is not None:
                 profiler.enable()
-            size = len(exposition.render_format(fmt))
+            size, longest = render(exposition, fmt)
             if measured and profiler is not None:
                 profiler.disable()
             cpu.append((time.thread_time_ns() - start) / 1e6)
+            slices.append(longest)
         steady = cpu[2:]  # the first renders fill the caches
         print(
             f"{fmt.name:12} median {statistics.median(steady):.1f} ms CPU,"
-            f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB"
+            f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB;"
+            f" longest step {max(slices[2:]):.2f} ms CPU"
         )
     if profiler is not None and profile is not None:
         profiler.dump_stats(profile)
@@ -167,16 +183,28 @@ async def in_daemon(
                 f" native buckets per histogram, renders {interval:g} s apart,"
                 f" load average {os.getloadavg()[0]:.1f}"
             )
+            rtts = [
+                child
+                for probe in daemon.exposition.probes()
+                for family in probe.registry.families
+                if family.name == "probe_message_rtt_seconds" and isinstance(family, Histogram)
+                for _, child in family.children()
+            ]
             for fmt in formats:
-                cpu, size = [], 0
+                cpu, moved, size = [], [], 0
                 for _ in range(renders + 1):
+                    before = [h.count for h in rtts]
+                    await asyncio.sleep(interval)
+                    # Measurements taken while the loop lagged are withheld: not every probe's
+                    # histogram moves each second on a busy machine.
+                    moved.append(sum(h.count != n for h, n in zip(rtts, before, strict=True)))
                     ms, size = render_cpu_ms(daemon, ACCEPT[fmt])
                     cpu.append(ms)
-                    await asyncio.sleep(interval)
                 steady = cpu[1:]  # the first render fills the caches
                 print(
                     f"{fmt.name:12} median {statistics.median(steady):.1f} ms CPU,"
-                    f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB"
+                    f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB,"
+                    f" histograms moved between renders: {statistics.median(moved[1:]):.0f}"
                 )
             daemon.stop()
             await run
