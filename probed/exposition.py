@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -217,32 +217,36 @@ def _span(offset: int, length: int) -> bytes:
     return _SPAN_KEY + pb.varint(len(body)) + body
 
 
-def _spans(indexes: tuple[int, ...]) -> bytes:
-    """positive_span fields: runs of consecutive indexes, each offset from the previous run."""
-    gaps = list(map(sub, indexes[1:], indexes))
+def _runs(indexes: list[int]) -> tuple[list[int], list[int]]:
+    """The first index and the length of each run of consecutive indexes."""
+    gaps = map(sub, indexes[1:], indexes)
     # Where a run starts (after the first): each index more than 1 past its predecessor.
     starts = list(compress(range(1, len(indexes)), map(ne, gaps, repeat(1))))
-    lengths = map(sub, [*starts, len(indexes)], [0, *starts])
-    # The first run is at its index; each next one is offset from the end of the one before.
-    offsets = [indexes[0], *map(sub, map(gaps.__getitem__, map(sub, starts, repeat(1))), repeat(1))]
-    return b"".join(map(_span, offsets, lengths))
+    lengths = list(map(sub, [*starts, len(indexes)], [0, *starts]))
+    return [indexes[0], *map(indexes.__getitem__, starts)], lengths
 
 
 class _NativeState:
     """A child's native buckets as last encoded: what changes between scrapes is re-encoded only.
 
     Between two scrapes a probe records a few round trips, which move a few of its 100-odd
-    buckets: the delta of a moved bucket and of the one after it are encoded again, the rest
-    (and the spans, unless a bucket appeared) are kept.
+    buckets: the delta of a moved bucket and of the one after it are encoded again, and a bucket
+    seen for the first time changes the run (positive_span) it joins and the offset of the run
+    after it; the rest is kept.
     """
 
-    __slots__ = ("deltas", "fields", "indexes", "spans")
+    __slots__ = ("deltas", "fields", "firsts", "indexes", "lengths", "spans")
 
     def __init__(self, native: dict[int, int]) -> None:
-        self.indexes = tuple(sorted(native))
+        self.indexes = sorted(native)
         counts = list(map(native.__getitem__, self.indexes))
         self.deltas = [_delta(d) for d in map(sub, counts, chain((0,), counts))]
-        self.spans = _spans(self.indexes)
+        # Runs of consecutive buckets: each one's first index and length, and its encoded span
+        # (offset from the end of the run before; the first run's from index 0).
+        self.firsts, self.lengths = _runs(self.indexes)
+        ends = map(add, self.firsts, self.lengths)
+        offsets = [self.firsts[0], *map(sub, self.firsts[1:], ends)]
+        self.spans = list(map(_span, offsets, self.lengths))
         self.fields = b""
         self._pack()
 
@@ -253,10 +257,9 @@ class _NativeState:
             for i in sorted(moved):
                 p = bisect_left(indexes, i)
                 if p == len(indexes) or indexes[p] != i:
-                    indexes = (*indexes[:p], i, *indexes[p:])
+                    indexes.insert(p, i)
                     deltas.insert(p, b"")  # encoded below with the other moved ones
-            self.indexes = indexes
-            self.spans = _spans(indexes)
+                    self._join_run(i)
         at = set(map(bisect_left, repeat(indexes), moved))
         # A bucket's delta is from the bucket before it: the one after a moved one moves too.
         at.update(map(add, list(at), repeat(1)))
@@ -267,10 +270,35 @@ class _NativeState:
             deltas[p] = get(d) or pb.varint(pb.zigzag(d))
         self._pack()
 
+    def _join_run(self, i: int) -> None:
+        """Adds bucket `i` (not in any run) to the runs, and re-encodes the spans it moved."""
+        firsts, lengths, spans = self.firsts, self.lengths, self.spans
+        r = bisect_right(firsts, i) - 1  # the last run starting below i, if any
+        if r >= 0 and firsts[r] + lengths[r] == i:  # just after run r
+            lengths[r] += 1
+            if r + 1 < len(firsts) and firsts[r + 1] == i + 1:  # and just before the next
+                lengths[r] += lengths.pop(r + 1)
+                del firsts[r + 1], spans[r + 1]
+            at = r
+        elif r + 1 < len(firsts) and firsts[r + 1] == i + 1:  # just before the next run
+            firsts[r + 1] = i
+            lengths[r + 1] += 1
+            at = r + 1
+        else:  # a run of its own
+            at = r + 1
+            firsts.insert(at, i)
+            lengths.insert(at, 1)
+            spans.insert(at, b"")
+        # The run changed and the one after it (its offset is from the end of this one).
+        for k in (at, at + 1):
+            if k < len(firsts):
+                offset = firsts[k] - firsts[k - 1] - lengths[k - 1] if k else firsts[0]
+                spans[k] = _span(offset, lengths[k])
+
     def _pack(self) -> None:
         packed = b"".join(self.deltas)
         # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
-        self.fields = b"".join((self.spans, _DELTAS_KEY, pb.varint(len(packed)), packed))
+        self.fields = b"".join((*self.spans, _DELTAS_KEY, pb.varint(len(packed)), packed))
 
 
 def _native_fields(h: HistogramChild) -> bytes:
