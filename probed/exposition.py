@@ -7,7 +7,10 @@ one that carries native histograms, which Prometheus asks for when native histog
 A scrape must not stall the probes (they share the process): each probe family keeps its rendered
 bytes per format and renders again only when its `version` moved or the global labels changed, so
 a scrape of 1,000 probes re-renders the few families that changed (the latency histogram and the
-message counters) and copies the rest. Concurrent scrapers share one render in flight.
+message counters) and copies the rest. A layout of where every body sits lets a render find the
+families that moved in C rather than visiting 20,000 of them in Python, and a native histogram
+re-encodes only the buckets observed since the last scrape. Concurrent scrapers share one render
+in flight.
 """
 
 from __future__ import annotations
