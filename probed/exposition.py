@@ -7,7 +7,10 @@ one that carries native histograms, which Prometheus asks for when native histog
 A scrape must not stall the probes (they share the process): each probe family keeps its rendered
 bytes per format and renders again only when its `version` moved or the global labels changed, so
 a scrape of 1,000 probes re-renders the few families that changed (the latency histogram and the
-message counters) and copies the rest. Concurrent scrapers share one render in flight.
+message counters) and copies the rest. A layout of where every body sits lets a render find the
+families that moved in C rather than visiting 20,000 of them in Python, and a native histogram
+re-encodes only the buckets observed since the last scrape. Concurrent scrapers share one render
+in flight.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import accumulate, chain, compress, repeat
+from operator import add, attrgetter, ne, sub
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
@@ -191,87 +198,200 @@ def _render_text(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
 
 # Fields every native histogram carries the same: schema and zero threshold.
 _NATIVE_HEAD: Final = pb.sint_field(5, NATIVE_SCHEMA) + pb.double_field(6, NATIVE_ZERO_THRESHOLD)
+# A no-op span marks the histogram native while it has no observations yet.
+_NO_SPANS: Final = pb.bytes_field(12, pb.sint_field(1, 0) + pb.uint_field(2, 0))
 _SPAN_KEY: Final = pb.key(12, pb.LENGTH_DELIMITED)
 _SPAN_OFFSET_KEY: Final = pb.key(1, pb.VARINT)
 _SPAN_LENGTH_KEY: Final = pb.key(2, pb.VARINT)
+_DELTAS_KEY: Final = pb.key(13, pb.LENGTH_DELIMITED)
+# Deltas between neighbouring bucket counts, zigzag-encoded, for the common small ones.
+_DELTA_LIMIT: Final = 1 << 12
+_DELTAS: Final = {d: pb.varint(pb.zigzag(d)) for d in range(-_DELTA_LIMIT, _DELTA_LIMIT)}
 
 
+def _delta(d: int) -> bytes:
+    found = _DELTAS.get(d)
+    return found if found is not None else pb.varint(pb.zigzag(d))
+
+
+@lru_cache(maxsize=4096)  # a few dozen distinct spans cover a thousand latency histograms
 def _span(offset: int, length: int) -> bytes:
     body = _SPAN_OFFSET_KEY + pb.varint(pb.zigzag(offset)) + _SPAN_LENGTH_KEY + pb.varint(length)
     return _SPAN_KEY + pb.varint(len(body)) + body
 
 
+def _runs(indexes: list[int]) -> tuple[list[int], list[int]]:
+    """The first index and the length of each run of consecutive indexes."""
+    gaps = map(sub, indexes[1:], indexes)
+    # Where a run starts (after the first): each index more than 1 past its predecessor.
+    starts = list(compress(range(1, len(indexes)), map(ne, gaps, repeat(1))))
+    lengths = list(map(sub, [*starts, len(indexes)], [0, *starts]))
+    return [indexes[0], *map(indexes.__getitem__, starts)], lengths
+
+
+class _NativeState:
+    """A child's native buckets as last encoded: what changes between scrapes is re-encoded only.
+
+    Between two scrapes a probe records a few round trips, which move a few of its 100-odd
+    buckets: the delta of a moved bucket and of the one after it are encoded again, and a bucket
+    seen for the first time changes the run (positive_span) it joins and the offset of the run
+    after it; the rest is kept.
+    """
+
+    __slots__ = ("deltas", "fields", "firsts", "indexes", "lengths", "spans")
+
+    def __init__(self, native: dict[int, int]) -> None:
+        self.indexes = sorted(native)
+        counts = list(map(native.__getitem__, self.indexes))
+        self.deltas = [_delta(d) for d in map(sub, counts, chain((0,), counts))]
+        # Runs of consecutive buckets: each one's first index and length, and its encoded span
+        # (offset from the end of the run before; the first run's from index 0).
+        self.firsts, self.lengths = _runs(self.indexes)
+        ends = map(add, self.firsts, self.lengths)
+        offsets = [self.firsts[0], *map(sub, self.firsts[1:], ends)]
+        self.spans = list(map(_span, offsets, self.lengths))
+        self.fields = b""
+        self._pack()
+
+    def update(self, native: dict[int, int], touched: list[int]) -> None:
+        moved = set(touched)
+        indexes, deltas = self.indexes, self.deltas
+        if len(indexes) != len(native):  # buckets that were empty until now
+            for i in sorted(moved):
+                p = bisect_left(indexes, i)
+                if p == len(indexes) or indexes[p] != i:
+                    indexes.insert(p, i)
+                    deltas.insert(p, b"")  # encoded below with the other moved ones
+                    self._join_run(i)
+        at = set(map(bisect_left, repeat(indexes), moved))
+        # A bucket's delta is from the bucket before it: the one after a moved one moves too.
+        at.update(map(add, list(at), repeat(1)))
+        at.discard(len(indexes))
+        get = _DELTAS.get
+        for p in at:
+            d = native[indexes[p]] - (native[indexes[p - 1]] if p else 0)
+            deltas[p] = get(d) or pb.varint(pb.zigzag(d))
+        self._pack()
+
+    def _join_run(self, i: int) -> None:
+        """Adds bucket `i` (not in any run) to the runs, and re-encodes the spans it moved."""
+        firsts, lengths, spans = self.firsts, self.lengths, self.spans
+        r = bisect_right(firsts, i) - 1  # the last run starting below i, if any
+        if r >= 0 and firsts[r] + lengths[r] == i:  # just after run r
+            lengths[r] += 1
+            if r + 1 < len(firsts) and firsts[r + 1] == i + 1:  # and just before the next
+                lengths[r] += lengths.pop(r + 1)
+                del firsts[r + 1], spans[r + 1]
+            at = r
+        elif r + 1 < len(firsts) and firsts[r + 1] == i + 1:  # just before the next run
+            firsts[r + 1] = i
+            lengths[r + 1] += 1
+            at = r + 1
+        else:  # a run of its own
+            at = r + 1
+            firsts.insert(at, i)
+            lengths.insert(at, 1)
+            spans.insert(at, b"")
+        # The run changed and the one after it (its offset is from the end of this one).
+        for k in (at, at + 1):
+            if k < len(firsts):
+                offset = firsts[k] - firsts[k - 1] - lengths[k - 1] if k else firsts[0]
+                spans[k] = _span(offset, lengths[k])
+
+    def _pack(self) -> None:
+        packed = b"".join(self.deltas)
+        # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
+        self.fields = b"".join((*self.spans, _DELTAS_KEY, pb.varint(len(packed)), packed))
+
+
 def _native_fields(h: HistogramChild) -> bytes:
     native = h.native
     assert native is not None
-    parts = [_NATIVE_HEAD, pb.uint_field(7, h.zero)]
-    indexes = sorted(native)
-    if not indexes:
-        # A no-op span marks the histogram native while it has no observations yet.
-        return b"".join([*parts, pb.bytes_field(12, pb.sint_field(1, 0) + pb.uint_field(2, 0))])
-    spans: list[tuple[int, int]] = []  # (offset from the end of the previous span, length)
-    deltas: list[bytes] = []
-    previous_index, previous_count = indexes[0] - 1, 0
-    varint, zigzag = pb.varint, pb.zigzag
-    for index in indexes:
-        if not spans:
-            spans.append((index, 1))
-        elif index == previous_index + 1:
-            spans[-1] = (spans[-1][0], spans[-1][1] + 1)
-        else:
-            spans.append((index - previous_index - 1, 1))
-        count = native[index]
-        deltas.append(varint(zigzag(count - previous_count)))
-        previous_index, previous_count = index, count
-    parts += [_span(o, n) for o, n in spans]
-    # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
-    parts.append(pb.bytes_field(13, b"".join(deltas)))
-    return b"".join(parts)
+    zero = pb.uint_field(7, h.zero)
+    touched = h.touched
+    if touched is None:
+        h.touched = []  # from now on observe() lists what it moves
+    if not native:
+        return _NATIVE_HEAD + zero + _NO_SPANS
+    state: _NativeState | None = h.encoded
+    if state is None or touched is None:
+        state = h.encoded = _NativeState(native)
+    elif touched:
+        state.update(native, touched)
+    if touched:
+        # The same list again: a scrape leaves no new objects for the collector to walk.
+        touched.clear()
+    return _NATIVE_HEAD + zero + state.fields
 
 
-def _bucket_tails(family: Histogram, cache: _FamilyCache) -> list[bytes]:
-    # The upper_bound field of each classic bucket never changes: encoded once per family.
+def _bucket_template(family: Histogram, cache: _FamilyCache) -> list[bytes]:
+    """The classic buckets' parts, three per bucket, with each upper bound's field in place.
+
+    The upper_bound field of each classic bucket never changes: encoded once per family; a
+    render fills in the heads and counts (slice assignments, in C).
+    """
     if cache.bucket_tails is None:
-        cache.bucket_tails = [pb.double_field(2, b) for b in family.bounds]
+        template = [b""] * (3 * len(family.bounds))
+        template[2::3] = [pb.double_field(2, b) for b in family.bounds]
+        cache.bucket_tails = template
     return cache.bucket_tails
 
 
-_BUCKET_KEY: Final = pb.key(3, pb.LENGTH_DELIMITED)
-_COUNT_KEY: Final = pb.key(1, pb.VARINT)
+# Bucket {cumulative_count = 1, upper_bound = 2}: its key and length, and the count's key, by the
+# length of the count's varint (the upper bound is a 9-byte double).
+_BUCKET_HEADS: Final = [
+    pb.key(3, pb.LENGTH_DELIMITED) + pb.varint(n + 10) + pb.key(1, pb.VARINT) for n in range(11)
+]
 
 
 def _histogram_message(family: Histogram, h: HistogramChild, cache: _FamilyCache) -> bytes:
-    parts = [pb.uint_field(1, h.count), pb.double_field(2, h.sum)]
-    for tail, cumulative in zip(_bucket_tails(family, cache), h.cumulative(), strict=False):
-        count = pb.varint(cumulative)
-        # Bucket {cumulative_count = 1, upper_bound = 2}: 1 key byte + count + 9-byte double.
-        parts.append(_BUCKET_KEY + pb.varint(len(count) + 10) + _COUNT_KEY + count + tail)
+    cumulative = list(accumulate(h.counts))
+    cumulative.pop()  # +Inf: the message's sample_count
+    counts = pb.varints(cumulative)
+    parts = _bucket_template(family, cache).copy()
+    parts[0::3] = list(map(_BUCKET_HEADS.__getitem__, map(len, counts)))
+    parts[1::3] = counts
+    head = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
+    parts.insert(0, head)
     if h.native is not None:
         parts.append(_native_fields(h))
     return b"".join(parts)
 
 
+_COUNT_KEY: Final = pb.key(1, pb.VARINT)
+_SUM_KEY: Final = pb.key(2, pb.FIXED64)
+_METRIC_KEY: Final = pb.key(4, pb.LENGTH_DELIMITED)
+_HISTOGRAM_KEY: Final = pb.key(7, pb.LENGTH_DELIMITED)
+# Metric.counter / Metric.gauge {value = 1}: key, length (a 9-byte double), the value's key.
+_VALUE_HEADS: Final = {
+    field: pb.key(field, pb.LENGTH_DELIMITED) + pb.varint(9) + pb.key(1, pb.FIXED64)
+    for field in (2, 3)
+}
+
+
 def _render_protobuf(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
     out: list[bytes] = []
+    varint = pb.varint
     if isinstance(family, Histogram):
         for labels, h in family.children():
             _, pairs = _prefixes(family, labels, ctx, cache)
-            out.append(
-                pb.bytes_field(4, pairs + pb.bytes_field(7, _histogram_message(family, h, cache)))
-            )
+            message = _histogram_message(family, h, cache)
+            size = len(message)
+            inner = len(pairs) + len(_HISTOGRAM_KEY) + len(varint(size)) + size
+            out += (_METRIC_KEY, varint(inner), pairs, _HISTOGRAM_KEY, varint(size), message)
     elif isinstance(family, Counter | Gauge):
-        field = 3 if isinstance(family, Counter) else 2
+        value_head = _VALUE_HEADS[3 if isinstance(family, Counter) else 2]
+        pack = pb.pack_double
         for labels, child in family.children():
             _, pairs = _prefixes(family, labels, ctx, cache)
-            value = pb.bytes_field(field, pb.double_field(1, float(child.value)))
-            out.append(pb.bytes_field(4, pairs + value))
+            out += (_METRIC_KEY, varint(len(pairs) + 11), pairs, value_head, pack(child.value))
     return b"".join(out)
 
 
 def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
     cache = _cache(family)
     version = family.version  # read before rendering: a change meanwhile renders again next time
-    slot = 1 if fmt is Format.PROTOBUF else 0
+    slot = _body_slot(fmt)
     entry = cache.entries[slot]
     if entry is None:
         entry = cache.entries[slot] = _Entry()
@@ -286,6 +406,89 @@ def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
     )
     entry.version, entry.epoch, entry.body = version, ctx.epoch, body
     return body
+
+
+_VERSION: Final = attrgetter("version")
+# How many changed families a render re-renders between two chances to pause, and how many
+# versions it compares.
+_BATCH: Final = 32
+_SCAN: Final = 2048
+
+
+class _Layout:
+    """Where every probe's family bodies sit in the merged exposition, for one body format.
+
+    The exposition is family by family, each family probe by probe; `columns` holds, per family
+    name, the family to take the header from and its bodies in probe order. A full pass lays it
+    out when probes or their families come and go or the global labels change. In between, a
+    render compares every family's version with the one its body was rendered at (one pass in
+    C over flat lists, not a Python call per family) and renders again only the families that
+    moved, in place: at 1,000 probes that is 3,000 of 20,000.
+    """
+
+    __slots__ = (
+        "columns",
+        "contexts",
+        "epoch",
+        "families",
+        "probes",
+        "registries",
+        "rows",
+        "versions",
+        "where",
+    )
+
+    def __init__(self, probes: list[ProbeMetrics], epoch: int) -> None:
+        self.probes = probes
+        self.epoch = epoch
+        self.registries: list[int] = []  # each probe's registry version when laid out
+        self.columns: dict[str, tuple[Family, list[bytes]]] = {}
+        # Flat, one entry per family of every probe: the family, the version its body renders,
+        # its probe's context, and where the body is (its column and its row there).
+        self.families: list[Family] = []
+        self.versions: list[int] = []
+        self.contexts: list[_Context] = []
+        self.where: list[list[bytes]] = []
+        self.rows: list[int] = []
+
+    def fits(self, probes: list[ProbeMetrics], epoch: int) -> bool:
+        return (
+            epoch == self.epoch
+            and probes == self.probes
+            and self.registries == [p.registry.version for p in probes]
+        )
+
+    def add(self, family: Family, ctx: _Context, body: bytes) -> None:
+        # The version read after rendering: nothing runs between the two on this thread.
+        self.families.append(family)
+        self.versions.append(family.version)
+        self.contexts.append(ctx)
+        column = self.columns.get(family.name)
+        if column is None:
+            column = self.columns[family.name] = (family, [])
+        self.where.append(column[1])
+        self.rows.append(len(column[1]))
+        column[1].append(body)
+
+    def refresh(self, fmt: Format) -> Generator[None, None, None]:
+        """Renders again the families whose version moved since their body was rendered."""
+        families, versions, where, rows = self.families, self.versions, self.where, self.rows
+        # In blocks, with a pause between: comparing 20,000 versions takes a few milliseconds.
+        for start in range(0, len(families), _SCAN):
+            stop = start + _SCAN
+            now = map(_VERSION, families[start:stop])
+            moved = list(compress(range(start, stop), map(ne, now, versions[start:stop])))
+            for n, i in enumerate(moved, 1):
+                version = families[i].version
+                where[i][rows[i]] = _rendered(families[i], fmt, self.contexts[i])
+                versions[i] = version
+                if n % _BATCH == 0:
+                    yield
+            yield
+
+
+def _body_slot(fmt: Format) -> int:
+    return 1 if fmt is Format.PROTOBUF else 0
 
 
 def _header(family: Family, fmt: Format) -> bytes:
@@ -378,18 +581,17 @@ def _generic_protobuf(families: Iterable[Metric]) -> bytes:
 def chunks(parts: list[bytes], size: int = 1 << 18) -> Iterator[bytes]:
     """A rendered exposition in pieces of about `size` bytes, to write with the loop free between.
 
-    Joining a 1,000-probe exposition (8 MB) in one piece holds the loop for milliseconds.
+    Joining a 1,000-probe exposition (8 MB) in one piece holds the loop for milliseconds. The
+    parts are many (a body per family per probe): where to cut is found in C, not part by part.
     """
-    batch: list[bytes] = []
-    held = 0
-    for part in parts:
-        batch.append(part)
-        held += len(part)
-        if held >= size:
-            yield b"".join(batch)
-            batch, held = [], 0
-    if batch:
-        yield b"".join(batch)
+    ends = list(accumulate(map(len, parts)))
+    start = 0
+    while start < len(parts):
+        # The first part that takes the piece to `size` bytes ends it.
+        reach = (ends[start - 1] if start else 0) + size
+        stop = min(bisect_left(ends, reach, lo=start) + 1, len(parts))
+        yield b"".join(parts[start:stop])
+        start = stop
 
 
 class _Steps:
@@ -413,6 +615,8 @@ class Exposition(Collector):
         self._epoch = 0
         self._contexts: dict[str, _Context] = {}
         self._inflight: dict[Format, asyncio.Future[list[bytes]]] = {}
+        # Per body format (text and OpenMetrics share theirs): where every body sits.
+        self._layouts: list[_Layout | None] = [None, None]
 
     @property
     def labels(self) -> dict[str, str]:
@@ -484,33 +688,40 @@ class Exposition(Collector):
     def _render(self, fmt: Format) -> _Steps:
         return _Steps(self._render_steps(fmt))
 
+    def drop_caches(self) -> None:
+        """Forget every rendered byte, so the next render starts from nothing (for tests)."""
+        self._layouts = [None, None]
+        for probe in self._probes.values():
+            for family in probe.registry.families:
+                family.rendered = None
+                if isinstance(family, Histogram):
+                    for _, child in family.children():
+                        child.encoded = child.touched = None
+
     def _render_steps(self, fmt: Format) -> Generator[None, None, list[bytes]]:
-        """Renders the exposition, yielding after each probe so the caller can pause there."""
+        """Renders the exposition, yielding now and then so the caller can pause there."""
         # Snapshot: probes come and go while a sliced render waits for its next turn.
         probes = list(self._probes.values())
         extra, epoch = dict(self._labels), self._epoch
         live = {p.name for p in probes}
         for name in [n for n in self._contexts if n not in live]:
             self._contexts.pop(name, None)
-        # Family name -> (a family to take the header from, the probes' rendered series).
-        merged: dict[str, tuple[Family, list[bytes]]] = {}
-        for probe in probes:
-            ctx = self._context(probe, extra, epoch)
-            for family in list(probe.registry.families):
-                body = _rendered(family, fmt, ctx)
-                slot = merged.get(family.name)
-                if slot is None:
-                    merged[family.name] = (family, [body])
-                else:
-                    slot[1].append(body)
-            yield
+        slot = _body_slot(fmt)
+        layout = self._layouts[slot]
+        if layout is None or not layout.fits(probes, epoch):
+            layout = yield from self._lay_out(probes, fmt, extra, epoch)
+            # Installed whole: a render that started on the previous layout keeps that one.
+            self._layouts[slot] = layout
+        else:
+            yield from layout.refresh(fmt)
         daemon = _Labelled(self._daemon.registry, extra)
         if fmt is Format.PROTOBUF:
             parts = [_generic_protobuf(daemon.collect())]
-            for family, bodies in merged.values():
+            for family, bodies in layout.columns.values():
                 head = _header(family, fmt)
                 # A delimited MetricFamily: its length, its header fields, then its metrics.
-                parts += [pb.varint(len(head) + sum(map(len, bodies))), head, *bodies]
+                parts += [pb.varint(len(head) + sum(map(len, bodies))), head]
+                parts += bodies
             return parts
         if fmt is Format.TEXT:
             head = text_latest(daemon)
@@ -519,11 +730,24 @@ class Exposition(Collector):
             head = openmetrics_latest(daemon)  # type: ignore[no-untyped-call]
             head, tail = head.removesuffix(b"# EOF\n"), b"# EOF\n"
         parts = [head]
-        for family, bodies in merged.values():
+        for family, bodies in layout.columns.values():
             parts.append(_header(family, fmt))
-            parts.extend(bodies)
+            parts += bodies
         parts.append(tail)
         return parts
+
+    def _lay_out(
+        self, probes: list[ProbeMetrics], fmt: Format, extra: Mapping[str, str], epoch: int
+    ) -> Generator[None, None, _Layout]:
+        """Renders every family of every probe into a new layout, yielding after each probe."""
+        layout = _Layout(probes, epoch)
+        for probe in probes:
+            ctx = self._context(probe, extra, epoch)
+            layout.registries.append(probe.registry.version)
+            for family in list(probe.registry.families):
+                layout.add(family, ctx, _rendered(family, fmt, ctx))
+            yield
+        return layout
 
     def collect(self) -> Iterable[Metric]:
         """Every family as prometheus_client metrics (for generic readers and tests)."""

@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar, Generic, TypeVar
+from itertools import accumulate
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 # Native histogram resolution: each bucket is 2^(2^-5) = 1.0219 times wider than the one before,
 # so a quantile interpolated inside a bucket is off by at most 2.2% (the target is 5%).
@@ -199,10 +200,20 @@ def native_upper_bound(index: int) -> float:
     return float(2.0 ** (index / _NATIVE_SCALE))
 
 
-class HistogramChild:
-    """Classic buckets (non-cumulative here, cumulative on the wire) and, if asked, native ones."""
+# How many native buckets an encoder may be told about between two encodings; past that it
+# re-reads them all (a histogram nobody scrapes in protobuf stops keeping the list).
+TOUCHED_MAX: Final = 32
 
-    __slots__ = ("_family", "count", "counts", "native", "sum", "zero")
+
+class HistogramChild:
+    """Classic buckets (non-cumulative here, cumulative on the wire) and, if asked, native ones.
+
+    Native buckets are only ever added and incremented, never dropped, and only by `observe`:
+    the protobuf encoder (probed/exposition.py) relies on it to re-encode, between two scrapes,
+    only the buckets listed in `touched`.
+    """
+
+    __slots__ = ("_family", "count", "counts", "encoded", "native", "sum", "touched", "zero")
 
     def __init__(self, family: Histogram) -> None:
         self._family = family
@@ -211,6 +222,10 @@ class HistogramChild:
         self.count = 0
         self.native: dict[int, int] | None = {} if family.native else None
         self.zero = 0
+        # The native buckets observed since the encoder last read them (None: not known, read
+        # them all), and the encoder's state; both belong to the exposition.
+        self.touched: list[int] | None = None
+        self.encoded: Any = None
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self._family.bounds, value)] += 1
@@ -223,14 +238,16 @@ class HistogramChild:
             else:
                 index = native_index(value)
                 native[index] = native.get(index, 0) + 1
+                touched = self.touched
+                if touched is not None:
+                    if len(touched) < TOUCHED_MAX:
+                        touched.append(index)
+                    else:
+                        self.touched = None
         self._family.version += 1
 
     def cumulative(self) -> list[int]:
-        out, running = [], 0
-        for n in self.counts:
-            running += n
-            out.append(running)
-        return out
+        return list(accumulate(self.counts))
 
 
 class Histogram(_Parent[HistogramChild]):
@@ -270,9 +287,12 @@ class Registry:
 
     def __init__(self) -> None:
         self.families: list[Family] = []
+        # Bumped when families come and go: the exposition lays the families out again.
+        self.version = 0
 
     def register(self, family: _F) -> _F:
         self.families.append(family)
+        self.version += 1
         return family
 
     def unregister(self, family: Family) -> None:
@@ -281,6 +301,7 @@ class Registry:
             self.families.remove(family)
         except ValueError:
             raise KeyError(family.name) from None
+        self.version += 1
 
     def get_sample_value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         wanted = dict(labels or {})

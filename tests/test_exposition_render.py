@@ -31,9 +31,7 @@ def build(count: int) -> tuple[Exposition, list[tuple[ProbeMetrics, MessageMetri
 
 
 def from_scratch(exposition: Exposition, fmt: Format) -> bytes:
-    for p in exposition.probes():
-        for family in p.registry.families:
-            family.rendered = None
+    exposition.drop_caches()
     return exposition.render_format(fmt)
 
 

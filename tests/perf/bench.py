@@ -27,6 +27,7 @@ from typing import Any
 from probed import logs
 from probed.config import load_config
 from probed.daemon import Daemon
+from probed.series import Histogram
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 PROTOBUF = (
@@ -111,6 +112,18 @@ def raw_rtts(daemon: Daemon) -> list[float]:
     return [s * 1e3 for p in daemon.exposition.probes() for s in p.status.recent]
 
 
+def native_buckets_mean(daemon: Daemon) -> float:
+    counts = [
+        len(child.native)
+        for p in daemon.exposition.probes()
+        for f in p.registry.families
+        if isinstance(f, Histogram)
+        for _, child in f.children()
+        if child.native is not None
+    ]
+    return statistics.fmean(counts) if counts else 0.0
+
+
 def clear_rtts(daemon: Daemon) -> None:
     for p in daemon.exposition.probes():
         p.status.recent.clear()
@@ -189,6 +202,7 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
             cpu[f"{fmt}_first"], _ = render_cpu_ms(daemon, accept)
             await asyncio.sleep(1.0)
             cpu[fmt], sizes[fmt] = render_cpu_ms(daemon, accept)
+        native_buckets = native_buckets_mean(daemon)
         start = time.perf_counter_ns()
         load_config(path)
         parse_ms = (time.perf_counter_ns() - start) / 1e6
@@ -219,6 +233,8 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         "scrape_wall_ms": walls,
         "scrape_cpu_ms": cpu,
         "exposition_bytes": sizes,
+        # How spread the latencies are: the protobuf render's cost grows with native buckets.
+        "native_buckets_mean": native_buckets,
         "reload_unchanged_block_ms": reload_ms,
         "reload_parse_ms": parse_ms,
         "reload_apply_ms": apply_ms,
