@@ -22,8 +22,12 @@ def rss_kb() -> int:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
-async def session(url: str, interval: float, rtts: list[float], stop: asyncio.Event) -> None:
-    async with connect(url, compression=None) as ws:
+async def session(
+    url: str, interval: float, rtts: list[float], stop: asyncio.Event, up: list[int] | None = None
+) -> None:
+    async with connect(url, compression=None, open_timeout=60) as ws:
+        if up is not None:
+            up[0] += 1
         sent: dict[str, int] = {}
 
         async def reader() -> None:
@@ -48,16 +52,38 @@ async def session(url: str, interval: float, rtts: list[float], stop: asyncio.Ev
         task.cancel()
 
 
+async def lag_sampler(lags_ms: list[float]) -> None:
+    """Oversleep of a 20 ms timer, as the benchmarks sample probed's loop."""
+    while True:
+        start = time.perf_counter_ns()
+        await asyncio.sleep(0.02)
+        lags_ms.append(max(0.0, (time.perf_counter_ns() - start) / 1e6 - 20))
+
+
 async def main(url: str, count: int, warmup: float, measure: float) -> None:
     before = rss_kb()
     rtts: list[float] = []
+    lags: list[float] = []
+    up = [0]
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(session(url, 1.0, rtts, stop)) for _ in range(count)]
-    await asyncio.sleep(warmup)
+    started = time.perf_counter()
+    tasks = [asyncio.create_task(session(url, 1.0, rtts, stop, up)) for _ in range(count)]
+    lag_task = asyncio.create_task(lag_sampler(lags))
+    all_up_s = float("nan")
+    # Polled: "all N sessions up" is no single event.
+    while time.perf_counter() - started < warmup:
+        if up[0] >= count and all_up_s != all_up_s:
+            all_up_s = time.perf_counter() - started
+        await asyncio.sleep(0.05)
     after = rss_kb()
     rtts.clear()
+    lags.clear()
+    cpu_before = time.process_time()
     await asyncio.sleep(measure)
+    cpu_s = time.process_time() - cpu_before
     window = sorted(rtts)
+    lag_task.cancel()
+    lag_window = sorted(lags)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -71,6 +97,10 @@ async def main(url: str, count: int, warmup: float, measure: float) -> None:
                 "rtt_p50_ms": pct(0.5),
                 "rtt_p99_ms": pct(0.99),
                 "rss_per_session_kb": (after - before) / count,
+                "sessions_up": up[0],
+                "all_up_s": all_up_s,
+                "loop_lag_p99_ms": lag_window[int(0.99 * len(lag_window))] if lag_window else 0.0,
+                "cpu_fraction": cpu_s / measure,
             }
         ),
         flush=True,
