@@ -6,6 +6,12 @@ of times a minute. Nearly all of those objects live as long as the daemon (modul
 metric families, held sessions), so once the probes have settled they are frozen out of the
 collector's view (`gc.freeze`), and full passes only walk what came later.
 
+While the probes start, the heap grows from nothing to millions of objects, and the collector's
+automatic full passes (one each time the heap grows by a quarter) walk all of it: at 10,000
+sessions those passes alone stalled the loop for seconds while the fleet was dialling. So from the
+start, every `STARTING_FREEZE_S`, the young generations are collected and what survives is frozen:
+a cheap step at any heap size (gc.freeze only moves lists), which keeps the collected heap small.
+
 Objects frozen while alive that later become cyclic garbage (the session objects of a probe that
 reconnects) are not reclaimed while frozen, so every `REFREEZE_S` the heap is unfrozen, collected
 once and frozen again: one pause an hour, not two a minute. The lag sampler sees that pause like
@@ -22,9 +28,12 @@ from typing import Final
 from probed import logs
 
 REFREEZE_S: Final = 3600.0
-# A second freeze this long after the first catches fleets whose sessions were still dialling
-# (3,000 probes took 34 s to be all up on a loaded 2-core machine).
-SECOND_FREEZE_S: Final = 30.0
+# How long after the probes' start stagger the heap keeps being frozen as it grows: this catches
+# fleets whose sessions are still dialling (3,000 probes took 34 s to be all up on a loaded
+# 2-core machine).
+SETTLING_S: Final = 30.0
+# While the fleet starts and settles: how often the young survivors are frozen.
+STARTING_FREEZE_S: Final = 1.0
 
 
 def refreeze() -> float:
@@ -36,14 +45,31 @@ def refreeze() -> float:
     return time.perf_counter() - start
 
 
+def freeze_young() -> float:
+    """Collect the young generations only, then freeze everything; returns the pause in seconds.
+
+    What survived into the old generation unreferenced stays until the next `refreeze`.
+    """
+    start = time.perf_counter()
+    gc.collect(1)
+    gc.freeze()
+    return time.perf_counter() - start
+
+
 async def freeze_when_settled(settle_s: float, every_s: float = REFREEZE_S) -> None:
-    """After `settle_s` (the probes' start stagger and first dials), once more a little later,
-    and then every `every_s`."""
+    """Freeze the young survivors every second until `settle_s` (the probes' start stagger and
+    first dials) plus `SETTLING_S` have passed; then collect fully and refreeze every `every_s`.
+
+    No full collection runs while the fleet starts: at 10,000 sessions one takes seconds.
+    """
     log = logs.get(component="gc")
-    await asyncio.sleep(settle_s)
-    wait = SECOND_FREEZE_S
+    loop = asyncio.get_running_loop()
+    until = loop.time() + settle_s + SETTLING_S
+    while loop.time() < until:
+        await asyncio.sleep(min(STARTING_FREEZE_S, max(0.0, until - loop.time())))
+        freeze_young()
+    log.info("heap frozen", objects=gc.get_freeze_count())
     while True:
+        await asyncio.sleep(every_s)
         pause = refreeze()
-        log.info("heap frozen", objects=gc.get_freeze_count(), pause_ms=round(pause * 1e3, 1))
-        await asyncio.sleep(wait)
-        wait = every_s
+        log.info("heap refrozen", objects=gc.get_freeze_count(), pause_ms=round(pause * 1e3, 1))

@@ -69,10 +69,10 @@ async def main(url: str, count: int, warmup: float, measure: float) -> None:
     started = time.perf_counter()
     tasks = [asyncio.create_task(session(url, 1.0, rtts, stop, up)) for _ in range(count)]
     lag_task = asyncio.create_task(lag_sampler(lags))
-    all_up_s = float("nan")
+    all_up_s: float | None = None
     # Polled: "all N sessions up" is no single event.
     while time.perf_counter() - started < warmup:
-        if up[0] >= count and all_up_s != all_up_s:
+        if up[0] >= count and all_up_s is None:
             all_up_s = time.perf_counter() - started
         await asyncio.sleep(0.05)
     after = rss_kb()

@@ -84,8 +84,9 @@ async def bare_phase(url: str, count: int, warmup: float, seconds: float, server
 
 
 async def profile(seconds: float, out: Path) -> None:
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     proc = await asyncio.create_subprocess_exec(
-        shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()), "--duration", str(int(seconds)),
+        py_spy, "record", "--pid", str(os.getpid()), "--duration", str(int(seconds)),
         "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
@@ -93,7 +94,7 @@ async def profile(seconds: float, out: Path) -> None:
     await proc.wait()
 
 
-async def probed_phase(
+async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, plus a profile
     url: str, count: int, warmup: float, seconds: float, server: list[int], profile_to: Path | None
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
@@ -192,7 +193,8 @@ def markdown(results: list[dict[str, Any]]) -> str:
             ),
         ),
         row(
-            "loop lag p99 (ms)", lambda p, b: f"{p['loop_lag_p99_ms']:.1f} / {b['loop_lag_p99_ms']:.1f}"
+            "loop lag p99 (ms)",
+            lambda p, b: f"{p['loop_lag_p99_ms']:.1f} / {b['loop_lag_p99_ms']:.1f}",
         ),
         row(
             "RSS per session (KB)",
@@ -201,11 +203,9 @@ def markdown(results: list[dict[str, Any]]) -> str:
         row(
             "start to all up (s)",
             lambda p, b: (
-                f"{p['all_up_s']:.1f}"
-                if p["all_up_s"] is not None
-                else "not all up"
-            )
-            + f" / {b['all_up_s']:.1f}",
+                (f"{p['all_up_s']:.1f}" if p["all_up_s"] is not None else "not all up")
+                + f" / {b['all_up_s']:.1f}"
+            ),
         ),
         row("sessions up at the end (probed)", lambda p, b: f"{p['sessions_up_at_end']:,}"),
         row(
