@@ -7,10 +7,12 @@ metric families, held sessions), so once the probes have settled they are frozen
 collector's view (`gc.freeze`), and full passes only walk what came later.
 
 While the probes start, the heap grows from nothing to millions of objects, and the collector's
-automatic full passes (one each time the heap grows by a quarter) walk all of it: at 10,000
-sessions those passes alone stalled the loop for seconds while the fleet was dialling. So from the
-start, every `STARTING_FREEZE_S`, the young generations are collected and what survives is frozen:
-a cheap step at any heap size (gc.freeze only moves lists), which keeps the collected heap small.
+automatic passes walk all of it: at 10,000 probes, 13 full passes took 3.2 s (the longest 0.7 s)
+in the first 4.6 s, and the fleet was not half up after 15 s. So the daemon turns automatic
+collection off before it starts its probes (`starting`), and until they have settled, every
+`STARTING_FREEZE_S`, the young generations are collected and what survives is frozen: cheap at
+any heap size (gc.freeze only moves lists). Then automatic collection is back on, over a heap
+that is almost all frozen.
 
 Objects frozen while alive that later become cyclic garbage (the session objects of a probe that
 reconnects) are not reclaimed while frozen, so every `REFREEZE_S` the heap is unfrozen, collected
@@ -45,6 +47,14 @@ def refreeze() -> float:
     return time.perf_counter() - start
 
 
+def starting() -> None:
+    """The probes are about to be started: no automatic collection until they settle.
+
+    `freeze_when_settled` collects the young generations meanwhile and turns it back on.
+    """
+    gc.disable()
+
+
 def freeze_young() -> float:
     """Collect the young generations only, then freeze everything; returns the pause in seconds.
 
@@ -58,16 +68,20 @@ def freeze_young() -> float:
 
 async def freeze_when_settled(settle_s: float, every_s: float = REFREEZE_S) -> None:
     """Freeze the young survivors every second until `settle_s` (the probes' start stagger and
-    first dials) plus `SETTLING_S` have passed; then collect fully and refreeze every `every_s`.
+    first dials) plus `SETTLING_S` have passed; then turn automatic collection back on, and
+    collect fully and refreeze every `every_s`.
 
     No full collection runs while the fleet starts: at 10,000 sessions one takes seconds.
     """
     log = logs.get(component="gc")
     loop = asyncio.get_running_loop()
     until = loop.time() + settle_s + SETTLING_S
-    while loop.time() < until:
-        await asyncio.sleep(min(STARTING_FREEZE_S, max(0.0, until - loop.time())))
-        freeze_young()
+    try:
+        while loop.time() < until:
+            await asyncio.sleep(min(STARTING_FREEZE_S, max(0.0, until - loop.time())))
+            freeze_young()
+    finally:
+        gc.enable()
     log.info("heap frozen", objects=gc.get_freeze_count())
     while True:
         await asyncio.sleep(every_s)

@@ -12,8 +12,9 @@ import uvloop
 
 from probed import dial
 from probed.config import EchoProbeConfig
-from probed.dial import ConnectError, Dialer, TimedConnection, dial_slots
+from probed.dial import ConnectError, Dialer, DialSlots, TimedConnection, dial_slots
 from probed.gcpolicy import freeze_young
+from probed.status import Recent
 from probed.targets.echo import EchoTarget
 from tests.conftest import config
 
@@ -75,8 +76,31 @@ async def test_each_loop_has_its_own_dial_bound() -> None:
     assert elsewhere is not slots
 
 
-async def _slots_of_a_new_loop() -> asyncio.Semaphore:
+async def _slots_of_a_new_loop() -> DialSlots:
     return dial_slots()
+
+
+async def test_slots_go_first_come_first_served_and_survive_cancelled_waiters() -> None:
+    slots = DialSlots(1)
+    order: list[str] = []
+
+    async def dial(name: str) -> None:
+        async with slots:
+            order.append(name)
+
+    await slots.__aenter__()  # a dial in flight holds the only slot
+    waiters = {name: asyncio.create_task(dial(name)) for name in ("a", "b", "c", "d")}
+    await asyncio.sleep(0)  # all four queue, in order
+    waiters["a"].cancel()  # gave up while queued
+    await slots.__aexit__(None, None, None)  # the slot is handed to "b", which has not run yet
+    waiters["b"].cancel()  # cancelled then, it must pass the slot on
+    await asyncio.gather(*waiters.values(), return_exceptions=True)
+    assert order == ["c", "d"]
+    assert waiters["a"].cancelled() and waiters["b"].cancelled()
+    # Every slot came back: a new dial goes straight in.
+    async with asyncio.timeout(1):
+        await dial("e")
+    assert order == ["c", "d", "e"]
 
 
 async def test_a_loop_too_late_for_the_deadline_fails_the_dial_cleanly(
@@ -125,3 +149,16 @@ def test_freeze_young_freezes_without_a_full_collection() -> None:
         assert gc.get_stats()[2]["collections"] == full_before, "a full pass ran"
     finally:
         gc.unfreeze()
+
+
+def test_recent_keeps_the_latest_values_oldest_first() -> None:
+    recent = Recent(3)
+    assert not recent and len(recent) == 0
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0):
+        recent.append(value)
+    assert list(recent) == [3.0, 4.0, 5.0]
+    assert (recent[0], recent[-1], len(recent)) == (3.0, 5.0, 3)
+    with pytest.raises(IndexError):
+        recent[3]
+    recent.clear()
+    assert list(recent) == [] and not recent
