@@ -95,3 +95,15 @@ async def test_open_loop_keeps_time_with_the_real_loop() -> None:
             break
     # Five slots of 10 ms: at least 50 ms (absolute deadlines never come early).
     assert loop.time() - start >= 0.049
+
+
+def test_answered_keys_are_remembered_in_a_bounded_ring() -> None:
+    tracker = DeliveryTracker(timeout_ns=1_000)
+    total = REMEMBERED * 4
+    for seq in range(total):
+        tracker.sent(f"k{seq}", seq, seq)
+        assert tracker.received(f"k{seq}", seq).outcome is Outcome.ANSWERED
+    # The latest REMEMBERED are duplicates when they come again; older ones are unknown now.
+    assert tracker.received(f"k{total - 1}", total).outcome is Outcome.DUPLICATE
+    assert tracker.received(f"k{total - REMEMBERED}", total).outcome is Outcome.DUPLICATE
+    assert tracker.received(f"k{total - REMEMBERED - 1}", total).outcome is Outcome.UNKNOWN

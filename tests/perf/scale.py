@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probed import logs
+from probed import gcpolicy, logs
 from probed.config import load_config
 from probed.daemon import Daemon
 from tests.perf.bench import LagSampler, pct, probes_yaml, raw_rtts, rss_kb, tainted_total
@@ -117,7 +117,10 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
                 all_up_s = time.perf_counter() - running_from
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(max(0.0, warmup - (all_up_s or warmup)))
+        # Measured in steady state: after the GC policy's settling (the young generations are
+        # collected every second until then, with automatic collection off). Not in quick mode.
+        settled = 3.0 + gcpolicy.SETTLING_S + 1.0 if seconds >= 10 else 0.0
+        await asyncio.sleep(max(0.0, warmup, settled) - (time.perf_counter() - running_from))
         rss_per_session = (rss_kb() - rss_before) / count
         before = tainted_total(daemon)
         for p in daemon.exposition.probes():
@@ -157,7 +160,7 @@ async def bench_size(
     count: int, seconds: float, server_procs: int, profile_to: Path | None
 ) -> dict[str, Any]:
     server, url, pids = await start_server(server_procs)
-    warmup = 3.0 + count / 1000
+    warmup = 3.0 + count / 1000 if seconds >= 10 else 3.0
     try:
         bare = await bare_phase(url, count, warmup, seconds, pids)
         probed = await probed_phase(url, count, warmup, seconds, pids, profile_to)
