@@ -49,6 +49,10 @@ class Recent:
             self._values[self._next] = value
             self._next = (self._next + 1) % self._size
 
+    def extend(self, values: Iterable[float]) -> None:
+        for value in values:
+            self.append(value)
+
     def clear(self) -> None:
         self._values = array("d")
         self._next = 0
