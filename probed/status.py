@@ -19,7 +19,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 RECENT: Final = 100  # recent latencies kept for the p50/p99 a person reads
 KEPT_OK_CYCLES: Final = 5
@@ -85,9 +85,12 @@ class Event:
         return {"at": self.at, "what": self.what, "reason": self.reason, "detail": self.detail}
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One line of a cycle's timeline."""
+class Step(NamedTuple):
+    """One line of a cycle's timeline.
+
+    A named tuple: made for every message, and a frozen dataclass's __init__ (one
+    object.__setattr__ per field) cost several times as much.
+    """
 
     offset_s: float  # since the cycle started (monotonic clock)
     what: str  # connected, sent, reply, lost, unmatched, session ended, connect failed, ...
