@@ -204,6 +204,10 @@ class EchoProbe:
             self._metrics.set_success(answered)
             return answered
         finally:
+            # One message, judged here: the held session's expiry timer has no say.
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
             idle.cancel()
             reader.cancel()
             await asyncio.gather(reader, idle, return_exceptions=True)
