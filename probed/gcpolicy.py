@@ -34,8 +34,11 @@ REFREEZE_S: Final = 3600.0
 # fleets whose sessions are still dialling (3,000 probes took 34 s to be all up on a loaded
 # 2-core machine).
 SETTLING_S: Final = 30.0
-# While the fleet starts and settles: how often the young survivors are frozen.
+# While the fleet starts and settles: how often the young survivors are frozen, once there are
+# this many. A small fleet never gets there: no pause at all while it settles (each pause may
+# taint the measurements it overlaps), where a fleet of thousands freezes every second.
 STARTING_FREEZE_S: Final = 1.0
+STARTING_FREEZE_MIN_OBJECTS: Final = 100_000
 
 
 def refreeze() -> float:
@@ -83,7 +86,9 @@ async def freeze_when_settled(settle_s: float, every_s: float = REFREEZE_S) -> N
     try:
         while loop.time() < until:
             await asyncio.sleep(min(STARTING_FREEZE_S, max(0.0, until - loop.time())))
-            freeze_young()
+            young, older, _old = gc.get_count()
+            if young + older >= STARTING_FREEZE_MIN_OBJECTS:
+                freeze_young()
     finally:
         gc.enable()
     log.info("heap frozen", objects=gc.get_freeze_count())

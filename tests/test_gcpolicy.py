@@ -38,6 +38,7 @@ async def test_no_automatic_collection_while_the_fleet_starts(
 ) -> None:
     monkeypatch.setattr(gcpolicy, "SETTLING_S", 0.0)
     monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_S", 0.01)
+    monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_MIN_OBJECTS", 0)
     try:
         gcpolicy.starting()
         assert not gc.isenabled()
