@@ -113,6 +113,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 lag = tg.create_task(self.lag.run())
+                gcpolicy.starting()  # until freeze_when_settled: no full passes over the fleet
                 await self._install(self.config)
                 settle = max((p.stagger for p in self.config.probes), default=0.0) + 2.0
                 frozen = tg.create_task(gcpolicy.freeze_when_settled(settle))
@@ -139,6 +140,7 @@ class Daemon:
                 if task is not None:
                     task.cancel()
             gc.unfreeze()  # hand the heap back whole to whoever embeds the daemon (tests)
+            gc.enable()
             await runner.cleanup()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

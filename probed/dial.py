@@ -14,13 +14,15 @@ import os
 import socket
 import ssl
 import time
+import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
 from websockets.frames import CTRL_OPCODES, DATA_OPCODES, Frame
 from websockets.protocol import Event
@@ -50,6 +52,64 @@ MAX_CONTROL_FRAMES_PER_S: Final = 1000
 # Errors that say this process is out of descriptors or memory, not that the target is down.
 _RESOURCE_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _PHASES: Final = ("dns", "tcp", "proxy", "tls", "upgrade")
+# Dials in flight at once in one process. Ten thousand probes starting together would otherwise
+# have ten thousand half-done handshakes competing for the loop, so that each takes longer than
+# its deadline and the fleet never comes up; queued here they complete at the rate the loop
+# allows. The wait for a slot is not part of any phase: it is the prober's queue, not the target.
+# Generous, so that dials hanging until their deadline (a blackholed target) rarely hold them all.
+MAX_CONCURRENT_DIALS: Final = 256
+
+
+class DialSlots:
+    """A first-come first-served bound on concurrent dials, O(1) per dial however many wait.
+
+    asyncio.Semaphore scans and removes from its whole queue of waiters on every acquire
+    (Python 3.11): with ten thousand probes waiting that was quadratic, and the fleet came up
+    256 at a time, seconds apart. Here a released slot is handed to the oldest live waiter.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        handed = asyncio.get_running_loop().create_future()
+        self._waiters.append(handed)
+        try:
+            await handed
+        except asyncio.CancelledError:
+            # Cancelled just after being handed a slot: pass it on, or it is lost for good.
+            if handed.done() and not handed.cancelled():
+                self._release()
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            handed = self._waiters.popleft()
+            if not handed.done():  # a cancelled waiter is skipped here, not searched for
+                handed.set_result(None)
+                return
+        self._free += 1
+
+
+_dial_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DialSlots] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def dial_slots() -> DialSlots:
+    """This event loop's bound on concurrent dials (its waiters' futures belong to one loop)."""
+    loop = asyncio.get_running_loop()
+    slots = _dial_slots.get(loop)
+    if slots is None:
+        slots = _dial_slots[loop] = DialSlots(MAX_CONCURRENT_DIALS)
+    return slots
 
 
 class ConnectError(Exception):
@@ -84,6 +144,14 @@ class TimedConnection(ClientConnection):
         self._unread_reply_bytes = 0
         self._control_window_ns = 0
         self._control_frames = 0
+        # Called once the transport is up (after TLS), to time the phases; then dropped.
+        self.on_made: Callable[[], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        on_made, self.on_made = self.on_made, None
+        if on_made is not None:
+            on_made()
+        super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         self._chunk_ns = time.perf_counter_ns()
@@ -265,7 +333,8 @@ class Dialer:
         """dns, tcp, tls and upgrade, each timed; raises ConnectError naming the failed phase."""
         self.phases = {}
         try:
-            return await self._dial()
+            async with dial_slots():
+                return await self._dial()
         except OSError as exc:
             # Out of descriptors (a systemd default of 1,024 goes fast) or buffers: this process
             # cannot connect now. Counted like any failed connect, never a probe crash.
@@ -388,13 +457,21 @@ class Dialer:
         tls_done: list[float] = []
         made: list[TimedConnection] = []
 
-        class _Timed(TimedConnection):
+        def on_made() -> None:
             # asyncio calls connection_made once the TLS handshake is over: the tls/upgrade split.
-            def connection_made(self, transport: asyncio.BaseTransport) -> None:
-                tls_done.append(time.perf_counter())
-                made.append(self)
+            tls_done.append(time.perf_counter())
+            # The upgrade gets a deadline of its own, unless the old one is already firing
+            # (a loop saturated by a herd of dials runs this late).
+            if not deadline.expired():
                 deadline.reschedule(loop.time() + limit)
-                super().connection_made(transport)
+
+        def timed(protocol: ClientProtocol, **kwargs: Any) -> TimedConnection:
+            # A hook on the instance, not a class per dial: a class costs kilobytes and
+            # lives as long as the connection.
+            conn = TimedConnection(protocol, **kwargs)
+            conn.on_made = on_made
+            made.append(conn)
+            return conn
 
         try:
             async with asyncio.timeout(limit) as deadline:
@@ -414,7 +491,7 @@ class Dialer:
                     ping_interval=None,
                     close_timeout=self._close_timeout,
                     proxy=None,
-                    create_connection=_Timed,
+                    create_connection=cast(type[ClientConnection], timed),
                 )
         except TimeoutError:
             sock.close()

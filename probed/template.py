@@ -12,6 +12,7 @@ message); a placeholder outside a string is inserted as is, which is how numbers
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping
@@ -109,6 +110,8 @@ def _is_json(text: str, matches: list[re.Match[str]], in_string: list[bool]) -> 
     return True
 
 
+# Every probe of a large config checks the same few templates.
+@functools.lru_cache(maxsize=1024)
 def placeholder_names(text: str) -> frozenset[str]:
     return frozenset(m.group(1) for m in _PLACEHOLDER.finditer(text))
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 
+import pytest
+
+from probed import gcpolicy
 from probed.gcpolicy import refreeze
+from tests.conftest import wait_until
 
 
 class Node:
@@ -25,4 +30,31 @@ def test_refreeze_reclaims_garbage_that_the_freeze_kept() -> None:
         refreeze()
         assert alive() is None, "the periodic refreeze reclaims it"
     finally:
+        gc.unfreeze()
+
+
+async def test_no_automatic_collection_while_the_fleet_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gcpolicy, "SETTLING_S", 0.0)
+    monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_S", 0.01)
+    monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_MIN_OBJECTS", 0)
+    try:
+        gcpolicy.starting()
+        assert not gc.isenabled()
+        task = asyncio.create_task(gcpolicy.freeze_when_settled(1.5))
+        await wait_until(lambda: gc.get_freeze_count() > 0, what="young survivors frozen")
+        assert not gc.isenabled(), "collection came back before the probes settled"
+        await wait_until(gc.isenabled, what="automatic collection back after settling")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        # Stopped while starting (the daemon stops early): collection is back on all the same.
+        gcpolicy.starting()
+        task = asyncio.create_task(gcpolicy.freeze_when_settled(60))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert gc.isenabled()
+    finally:
+        gc.enable()
         gc.unfreeze()

@@ -1,5 +1,6 @@
 """Go-style durations ("500ms", "1h30m"): parsing, formatting and the Seconds field type."""
 
+import functools
 import math
 import re
 from datetime import timedelta
@@ -42,6 +43,8 @@ class _DurationError(ValueError):
     """Why a text is not a duration, without the text: callers decide whether to echo it."""
 
 
+# Ten thousand probes repeat a handful of durations ("1s", "5s"): parsed once each, exactly.
+@functools.lru_cache(maxsize=4096)
 def _parse_duration(text: str) -> float:
     stripped = text.strip()
     if not stripped:

@@ -16,6 +16,7 @@ import time
 import structlog
 from websockets.exceptions import ConnectionClosed
 
+from probed import logs
 from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
 from probed.delivery import DeliveryTracker
@@ -57,6 +58,9 @@ class EchoProbe:
         # for this probe before a restart, are never matched.
         self._run_id = secrets.token_hex(3)
         self._tracker = DeliveryTracker(int(cfg.timeout * 1e9))
+        # One timer for the oldest message in flight, armed when a message leaves: a callback
+        # every few seconds per probe, where a sweeping task woke every second.
+        self._expiry: asyncio.TimerHandle | None = None
         self._seq = 0
         self.supervisor = Supervisor(
             cfg,
@@ -67,12 +71,18 @@ class EchoProbe:
         )
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.supervisor.run())
-            tg.create_task(
-                send_open_loop(self._cfg.interval, self._cfg.timeout, self.supervisor, self.send)
-            )
-            tg.create_task(self._expire_loop())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.supervisor.run())
+                tg.create_task(
+                    send_open_loop(
+                        self._cfg.interval, self._cfg.timeout, self.supervisor, self.send
+                    )
+                )
+        finally:
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
 
     # -- SessionHandler -------------------------------------------------------------------------
 
@@ -93,9 +103,7 @@ class EchoProbe:
 
     def ended(self, session: Session, reason: str) -> None:
         # In flight when the session died: the service never delivered them.
-        self._msg.lost(
-            self._tracker.settle(time.perf_counter_ns()), "in flight when the session ended"
-        )
+        self._msg.lost(self._tracker.settle(), "in flight when the session ended")
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -108,6 +116,8 @@ class EchoProbe:
         # Registered before the write: a fast reply can be read while send() awaits the drain.
         self._tracker.sent(key, seq, time.perf_counter_ns())
         self._msg.sent()
+        if self._expiry is None:
+            self._arm_expiry()
         await session.send(payload)
         return key
 
@@ -133,29 +143,29 @@ class EchoProbe:
         if answered:
             self._metrics.set_success(True)
             assert got.sent is not None
-            self._log.debug(
-                "reply", seq=got.sent.seq, rtt_ms=round((at_ns - got.sent.sent_ns) / 1e6, 3)
-            )
+            if logs.debug_enabled():
+                self._log.debug(
+                    "reply", seq=got.sent.seq, rtt_ms=round((at_ns - got.sent.sent_ns) / 1e6, 3)
+                )
         elif got.lost_now:
             self._metrics.set_success(False)
 
-    async def _expire_loop(self) -> None:
-        idle_wait = min(self._cfg.interval, self._cfg.timeout)
-        while True:
-            deadline = self._tracker.next_deadline_ns()
-            if deadline is None:
-                await asyncio.sleep(idle_wait)
-                continue
-            wait_ns = deadline - time.perf_counter_ns()
-            if wait_ns > 0:
-                await asyncio.sleep(wait_ns / 1e9)
-                continue
-            lost = self._tracker.expire(time.perf_counter_ns())
-            for sent in lost:
-                self._log.debug("lost", seq=sent.seq)
-            if lost:
-                self._msg.lost(len(lost))
-                self._metrics.set_success(False)
+    def _arm_expiry(self) -> None:
+        deadline = self._tracker.next_deadline_ns()
+        if deadline is not None:
+            delay = max(0, deadline - time.perf_counter_ns()) / 1e9
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        lost = self._tracker.expire(time.perf_counter_ns())
+        if lost:
+            if logs.debug_enabled():
+                for sent in lost:
+                    self._log.debug("lost", seq=sent.seq)
+            self._msg.lost(len(lost))
+            self._metrics.set_success(False)
+        self._arm_expiry()
 
     # -- one-shot -------------------------------------------------------------------------------
 
@@ -194,6 +204,10 @@ class EchoProbe:
             self._metrics.set_success(answered)
             return answered
         finally:
+            # One message, judged here: the held session's expiry timer has no say.
+            if self._expiry is not None:
+                self._expiry.cancel()
+                self._expiry = None
             idle.cancel()
             reader.cancel()
             await asyncio.gather(reader, idle, return_exceptions=True)

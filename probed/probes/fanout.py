@@ -72,7 +72,7 @@ class _Subscriber:
 
     def ended(self, session: Session, reason: str) -> None:
         # Not loss: this subscriber was gone, the service did not drop the messages it missed.
-        self.tracker.settle(time.perf_counter_ns())
+        self.tracker.settle()
 
 
 class _Publisher:

@@ -1,7 +1,13 @@
 """The floor: a bare uvloop + websockets client holding N sessions, one message a second each.
 
-Run beside probed against the same echo server; prints one JSON line with its RTT percentiles and
-memory per session, so the benchmark can say how much probed adds on top of the bare minimum.
+Run beside probed against the same echo server; prints one JSON line with its RTT percentiles,
+memory per session, time to all up, loop lag and CPU, so the benchmarks can say how much probed
+adds on top of the bare minimum.
+
+    python -m tests.perf.bare_client URL COUNT WARMUP MEASURE [RECORDS]
+
+WARMUP -1 waits for SIGUSR1 to open the measuring window (tests/perf/wire.py); RECORDS, if given,
+is a file for each measured message's key, send time and RTT in ns.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ async def session(
     stop: asyncio.Event,
     *,
     index: int = 0,
+    up: list[int] | None = None,
     records: list[tuple[str, int, int]] | None = None,
 ) -> None:
-    async with connect(url, compression=None) as ws:
+    async with connect(url, compression=None, open_timeout=60) as ws:
+        if up is not None:
+            up[0] += 1
         sent: dict[str, int] = {}
 
         async def reader() -> None:
@@ -60,6 +69,14 @@ async def session(
         task.cancel()
 
 
+async def lag_sampler(lags_ms: list[float]) -> None:
+    """Oversleep of a 20 ms timer, as the benchmarks sample probed's loop."""
+    while True:
+        start = time.perf_counter_ns()
+        await asyncio.sleep(0.02)
+        lags_ms.append(max(0.0, (time.perf_counter_ns() - start) / 1e6 - 20))
+
+
 def write_records(path: str, records: list[tuple[str, int, int]]) -> None:
     with open(path, "w") as f:
         f.writelines(f"{key}\t{start_ns}\t{rtt_ns}\n" for key, start_ns, rtt_ns in records)
@@ -70,27 +87,37 @@ async def main(
 ) -> None:
     before = rss_kb()
     rtts: list[float] = []
+    lags: list[float] = []
     records: list[tuple[str, int, int]] | None = [] if records_path else None
+    up = [0]
     stop = asyncio.Event()
     go = asyncio.Event()
     if warmup < 0:
-        # Measure from SIGUSR1 on: tests/perf/wire.py opens both clients' windows together.
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
         print("waiting for SIGUSR1", flush=True)
+    started = time.perf_counter()
     tasks = [
-        asyncio.create_task(session(url, 1.0, rtts, stop, index=i, records=records))
+        asyncio.create_task(session(url, 1.0, rtts, stop, index=i, up=up, records=records))
         for i in range(count)
     ]
-    if warmup < 0:
-        await go.wait()
-    else:
-        await asyncio.sleep(warmup)
+    lag_task = asyncio.create_task(lag_sampler(lags))
+    all_up_s: float | None = None
+    # Polled: "all N sessions up" is no single event.
+    while (time.perf_counter() - started < warmup) if warmup >= 0 else not go.is_set():
+        if up[0] >= count and all_up_s is None:
+            all_up_s = time.perf_counter() - started
+        await asyncio.sleep(0.05)
     after = rss_kb()
     rtts.clear()
+    lags.clear()
     if records is not None:
         records.clear()
+    cpu_before = time.process_time()
     await asyncio.sleep(measure)
+    cpu_s = time.process_time() - cpu_before
     window = sorted(rtts)
+    lag_task.cancel()
+    lag_window = sorted(lags)
     if records_path and records is not None:
         write_records(records_path, records)
     stop.set()
@@ -106,6 +133,10 @@ async def main(
                 "rtt_p50_ms": pct(0.5),
                 "rtt_p99_ms": pct(0.99),
                 "rss_per_session_kb": (after - before) / count,
+                "sessions_up": up[0],
+                "all_up_s": all_up_s,
+                "loop_lag_p99_ms": lag_window[int(0.99 * len(lag_window))] if lag_window else 0.0,
+                "cpu_fraction": cpu_s / measure,
             }
         ),
         flush=True,
@@ -114,5 +145,4 @@ async def main(
 
 if __name__ == "__main__":
     url, n, warm, meas = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-    # An optional fifth argument: write each measured message's key, send time and RTT (ns) there.
     uvloop.run(main(url, n, warm, meas, sys.argv[5] if len(sys.argv) > 5 else None))
