@@ -30,6 +30,7 @@ from probed.ratelimit import LogLimiter, log_limited
 from probed.redact import Redactor
 from probed.scripting import SetupScript
 from probed.template import Template
+from probed.wsframe import write_now
 
 # A hostile Retry-After must not park a probe for days, nor a zero one make it spin.
 MAX_RETRY_AFTER = 3600.0
@@ -154,7 +155,9 @@ class Session:
             data = self.framing.wrap(data)
         # A peer that stopped reading would otherwise collect every message we send.
         self.ws.check_write_buffer(len(data))
-        await self.ws.send(data)
+        # The common case needs no await (see probed.wsframe); flow control and closing do.
+        if not write_now(self.ws, data):
+            await self.ws.send(data)
 
 
 class SessionHandler(Protocol):
