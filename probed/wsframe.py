@@ -36,6 +36,7 @@ _OP_BINARY: Final = 0x2
 _FIN: Final = 0x80
 _MASKED: Final = 0x80
 _KEYS_AT_ONCE: Final = 1024
+_UNKNOWN: Final = object()
 
 
 class _MaskKeys:
@@ -69,6 +70,15 @@ def frame(opcode: int, payload: bytes, key: bytes) -> bytes:
     return head + key + apply_mask(payload, key)
 
 
+def _sending_fragments(conn: Connection) -> bool:
+    """Whether a fragmented message is being sent (websockets 16 renamed the attribute)."""
+    for name in ("send_in_progress", "fragmented_send_waiter"):
+        waiter = getattr(conn, name, _UNKNOWN)
+        if waiter is not _UNKNOWN:
+            return waiter is not None
+    return True  # a websockets that has neither: step aside rather than guess
+
+
 def write_now(conn: Connection, data: str | bytes) -> bool:
     """Write `data` as one text (str) or binary (bytes) frame at once, if nothing forbids it."""
     protocol = conn.protocol
@@ -77,7 +87,7 @@ def write_now(conn: Connection, data: str | bytes) -> bool:
         or protocol.expect_continuation_frame
         or protocol.extensions
         or protocol.debug
-        or conn.send_in_progress is not None
+        or _sending_fragments(conn)
         or conn.paused
         or conn.transport.is_closing()
     ):

@@ -121,3 +121,24 @@ async def test_an_aiohttp_server_receives_them() -> None:
         (WSMsgType.TEXT, '{"type": "KeepAlive"}'),
         (WSMsgType.BINARY, b"\xff" * 200),
     ]
+
+
+async def test_a_fragmented_send_in_progress_is_waited_for() -> None:
+    async with echo_server() as url, connect(url, compression=None) as ws:
+        opened, release = asyncio.Event(), asyncio.Event()
+
+        async def fragments() -> AsyncIterator[bytes]:
+            yield b"first half, "
+            opened.set()  # asked for the next fragment: the first is out, the message open
+            await release.wait()
+            yield b"second half"
+
+        sending = asyncio.create_task(ws.send(fragments()))
+        await opened.wait()
+        # A frame now would land inside the fragmented message: step aside.
+        assert not write_now(ws, b"chunk")
+        release.set()
+        await sending
+        assert write_now(ws, b"chunk")
+        assert await ws.recv() == b"first half, second half"
+        assert await ws.recv() == b"chunk"
