@@ -207,3 +207,19 @@ async def test_pacer_stop_ends_early() -> None:
 
     sent = await pacer.run(100, send, stop=lambda: count >= 5)
     assert len(sent) == count == 5
+
+
+async def test_pacer_lateness_counts_the_send_itself() -> None:
+    """A chunk has left when the send returned: a slow hand-over is lateness, not hidden."""
+    lateness: list[float] = []
+    pacer = Pacer(0.05, on_lateness=lateness.append)
+
+    async def send(i: int) -> None:
+        if i == 1:
+            time.sleep(0.02)  # noqa: ASYNC251 - a slow hand-over to the socket, on purpose
+
+    sent = await pacer.run(2, send)
+    assert pacer.t0_ns is not None
+    assert lateness[1] >= 0.02
+    # The reported lateness is the returned send instant against the absolute deadline.
+    assert lateness[1] == pytest.approx((sent[1] - pacer.deadline(1)) / 1e9)

@@ -262,3 +262,26 @@ def test_load_utterances_prepares_each_clip_the_way_the_adapter_sends_it(tmp_pat
         load_utterances(assembly, ["nope"])
     with pytest.raises(AudioError, match="manifest not found"):
         load_utterances(assembly, directory=tmp_path)
+
+
+def test_probes_playing_the_same_clip_the_same_way_share_one_copy(tmp_path: Path) -> None:
+    first = load_utterances(DeepgramAdapter(), ["stop_music", "lights_on"], trailing=0.5)
+    again = load_utterances(DeepgramAdapter(), ["lights_on"], trailing=0.5)
+    assert again[0] is first[1]
+    # Sent another way (silence, encoding, rate): prepared apart.
+    assert load_utterances(DeepgramAdapter(), ["lights_on"], trailing=1.0)[0] is not first[1]
+    assembly = AssemblyAIAdapter(AssemblyAIOptions(encoding="mulaw", sample_rate=8000))
+    assert load_utterances(assembly, ["lights_on"], trailing=0.5)[0] is not first[1]
+    # A fixture edited on disk (a user's own folder, before a reload) is read afresh.
+    bundled = load_manifest()
+    entry = bundled.entry("stop_music")
+    (tmp_path / "a.flac").write_bytes((bundled.directory / entry.file).read_bytes())
+    clip = {"id": "a", "file": "a.flac", "transcript": entry.transcript,
+            "speech_start": entry.speech_start, "speech_end": entry.speech_end}  # fmt: skip
+    (tmp_path / "manifest.json").write_text(json.dumps({"clips": [clip]}))
+    mine = load_utterances(DeepgramAdapter(), directory=tmp_path, trailing=0.5)[0]
+    assert load_utterances(DeepgramAdapter(), directory=tmp_path, trailing=0.5)[0] is mine
+    other = bundled.entry("lights_on")
+    (tmp_path / "a.flac").write_bytes((bundled.directory / other.file).read_bytes())
+    edited = load_utterances(DeepgramAdapter(), directory=tmp_path, trailing=0.5)[0]
+    assert edited is not mine and edited.chunks != mine.chunks

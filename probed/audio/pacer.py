@@ -28,6 +28,10 @@ class Pacer:
         self._clock = clock
         self.t0_ns: int | None = None
 
+    @property
+    def interval_ns(self) -> int:
+        return self._interval_ns
+
     def deadline(self, index: int) -> int:
         assert self.t0_ns is not None
         return self.t0_ns + index * self._interval_ns
@@ -55,8 +59,11 @@ class Pacer:
             wait = due - self._clock()
             if wait > 0:
                 await asyncio.sleep(wait / 1e9)
-            if self._on_lateness is not None:
-                self._on_lateness(max(0, self._clock() - due) / 1e9)
             await send(index)
-            sent.append(self._clock())
+            # Lateness is taken once the chunk is in the socket's hands, so that the cost of
+            # sending it is part of what is reported (an early wake-up counts as on time).
+            now = self._clock()
+            sent.append(now)
+            if self._on_lateness is not None:
+                self._on_lateness(max(0, now - due) / 1e9)
         return sent

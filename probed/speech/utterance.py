@@ -161,6 +161,9 @@ class _Run:
             if on_lateness is not None:
                 on_lateness(seconds)
 
+        # A Session writes audio frames straight to the socket when it can (probed.wsframe).
+        send_chunk = getattr(channel, "send_audio", channel.send)
+
         async def send(index: int) -> None:
             # Marked as the chunk is handed over, so that no reply can be read before its mark.
             now = self.clock()
@@ -171,7 +174,7 @@ class _Run:
                 r.speech_end_sent_ns = now
                 self.note(now, "speech end sent")
                 self.changed.set()
-            await channel.send(self.adapter.audio_message(audio.chunks[index]))
+            await send_chunk(self.adapter.audio_message(audio.chunks[index]))
 
         count = len(audio.chunks) if mode == "vad" else audio.end_chunk + 1
         pacer = Pacer(audio.chunk_seconds, on_lateness=lateness, clock=self.clock)

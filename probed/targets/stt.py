@@ -160,9 +160,11 @@ class SttTarget(HttpService):
         self._index = FastIndex(load_manifest().load_all()) if fast else None
         app = web.Application()
         app.router.add_get(PATHS[protocol], self._websocket)
+        app.router.add_get("/-/streams", self._streams)
         self._http = HttpServer(app, host, port)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sockets: set[web.WebSocketResponse] = set()
+        self._sessions: set[_Session] = set()
         # What tests and operators look at.
         self.sessions = 0
         self.turns = 0
@@ -251,6 +253,21 @@ class SttTarget(HttpService):
         wire.rate = int(rate)
         return wire
 
+    async def _streams(self, request: web.Request) -> web.StreamResponse:
+        """The emulator's own view of each open stream's pace: audio received against wall time."""
+        return web.json_response(
+            [
+                {
+                    "audio_seconds": s.audio_seconds,
+                    "first_audio_ns": s.first_audio_ns,
+                    "last_audio_ns": s.last_audio_ns,
+                    "frames": s.audio_frames,
+                }
+                for s in self._sessions
+                if s.first_audio_ns is not None
+            ]
+        )
+
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(compress=False, max_msg_size=4 * 1024 * 1024)
         if not ws.can_prepare(request):
@@ -267,9 +284,11 @@ class SttTarget(HttpService):
         self.sessions += 1
         self._sockets.add(ws)
         session = _Session(self, ws, wire)
+        self._sessions.add(session)
         try:
             await session.run()
         finally:
+            self._sessions.discard(session)
             await session.close()
             self._sockets.discard(ws)
             if ws.close_code is not None:
@@ -301,6 +320,11 @@ class _Session:
         self.id = str(uuid.uuid4())
         self.started = time.monotonic()
         self.audio_seconds = 0.0
+        # perf_counter_ns (CLOCK_MONOTONIC: comparable with a client on this host) of the first
+        # and latest audio frame, for the stream's pace as the server sees it.
+        self.first_audio_ns: int | None = None
+        self.last_audio_ns = 0
+        self.audio_frames = 0
         self.closing = False
         self.finalising: set[asyncio.Task[None]] = set()
 
@@ -409,6 +433,10 @@ class _Session:
         return samples
 
     async def on_audio(self, data: bytes) -> None:
+        self.last_audio_ns = time.perf_counter_ns()
+        if self.first_audio_ns is None:
+            self.first_audio_ns = self.last_audio_ns
+        self.audio_frames += 1
         samples = self.decode(data)
         self.audio_seconds += len(samples) / RATE
         self.recent.append(samples)

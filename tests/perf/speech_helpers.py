@@ -12,6 +12,13 @@ from contextlib import asynccontextmanager
 @asynccontextmanager
 async def emulator_process(*args: str) -> AsyncIterator[str]:
     """`probed target stt ARGS` in a child process; yields its WebSocket URL."""
+    async with emulator(*args) as (url, _pid):
+        yield url
+
+
+@asynccontextmanager
+async def emulator(*args: str) -> AsyncIterator[tuple[str, int]]:
+    """`probed target stt ARGS` in a child process; yields its WebSocket URL and process id."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "probed", "--log-format", "json", "target", "stt", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
@@ -25,7 +32,7 @@ async def emulator_process(*args: str) -> AsyncIterator[str]:
                     raise AssertionError("the emulator exited before listening")
                 if " listening on " in line:
                     break
-        yield line.rsplit(" ", 1)[1].strip()
+        yield line.rsplit(" ", 1)[1].strip(), proc.pid
     finally:
         proc.terminate()
         await proc.wait()
