@@ -23,6 +23,7 @@ from probed.config import Config, ConfigError, ProbeConfig, load_config
 from probed.http import HttpServer, start_http
 from probed.httpguard import HttpLimits
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
+from probed.offloop import in_thread
 from probed.ratelimit import LogLimiter, log_limited
 from probed.selfmon import LagMonitor
 from probed.sharding import Shard
@@ -222,7 +223,7 @@ class Daemon:
                 # Reading and validating a large config is CPU work: off the loop, so that it
                 # neither stalls sessions nor taints their measurements.
                 self.reloads += 1
-                config = await asyncio.to_thread(load_config, self._path)
+                config = await in_thread(load_config, self._path)
                 if not self.ready.is_set():
                     return self._refuse_reload("probed is stopping")
             except ConfigError as exc:

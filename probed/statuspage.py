@@ -7,7 +7,6 @@ probe names are checked by the config, but close reasons and error details come 
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import time
@@ -18,6 +17,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from probed import __version__
+from probed.offloop import in_thread
 from probed.status import Cycle, ProbeStatus
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ async def _probes(request: web.Request) -> web.Response:
 async def _json(body: object, status: int = 200) -> web.Response:
     # Serialising is CPU work that grows with the probe count: off the loop (the dicts are built
     # on it, so no probe is read while it changes).
-    text = await asyncio.to_thread(json.dumps, body)
+    text = await in_thread(json.dumps, body)
     return web.Response(
         text=text,
         status=status,
