@@ -49,8 +49,11 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def probes_yaml(url: str, count: int) -> str:
-    lines = ["global:", "  labels: {location: bench}", "  log_level: error", "probes:"]
+def probes_yaml(
+    url: str, count: int, *, location: str = "bench", extra: tuple[str, ...] = ()
+) -> str:
+    """`count` echo probes at one message a second; `extra` lines go into each probe."""
+    lines = ["global:", f"  labels: {{location: {location}}}", "  log_level: error", "probes:"]
     for i in range(count):
         lines += [
             f"  - name: p{i:05d}",
@@ -58,6 +61,7 @@ def probes_yaml(url: str, count: int) -> str:
             f"    url: {url}",
             "    interval: 1s",
             "    timeout: 5s",
+            *extra,
         ]
     return "\n".join(lines) + "\n"
 

@@ -43,7 +43,7 @@ from probed.config import load_config
 from probed.daemon import Daemon
 from probed.metrics import Latency
 from probed.probes.echo import EchoProbe
-from tests.perf.bench import LagSampler, pct, start_echo
+from tests.perf.bench import LagSampler, pct, probes_yaml, start_echo
 from tests.perf.wire_parse import OP_TEXT, CaptureStats, messages
 
 SKIP_EXIT = 77
@@ -218,20 +218,6 @@ def raise_nofile(count: int) -> tuple[int, int]:
     elif soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def probes_yaml(url: str, count: int) -> str:
-    lines = ["global:", "  labels: {location: wire}", "  log_level: error", "probes:"]
-    for i in range(count):
-        lines += [
-            f"  - name: p{i:05d}",
-            "    kind: echo",
-            f"    url: {url}",
-            "    interval: 1s",
-            "    timeout: 5s",
-            f"    message: {{template: '{TEMPLATE}'}}",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,7 +405,8 @@ async def _measure_size(
     recorder = Recorder()
     recorder.install()
     config = workdir / "probed.yaml"
-    config.write_text(probes_yaml(url, count))
+    template = f"    message: {{template: '{TEMPLATE}'}}"
+    config.write_text(probes_yaml(url, count, location="wire", extra=(template,)))
     daemon = Daemon(load_config(config), config_path=config, listen="127.0.0.1:0")
     run = asyncio.create_task(daemon.run(handle_signals=False))
     started = time.perf_counter()
