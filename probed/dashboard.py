@@ -482,9 +482,9 @@ def build() -> dict[str, Any]:
                 "{{instance}} {{worker}}",
             )
         ],
-        slo=0.05,
+        slo=0.005,
         width=8,
-        description="Above the loop_lag_threshold (50 ms by default) measurements are tainted.",
+        description="Above the loop_lag_threshold (5 ms by default) measurements are tainted.",
     )
     lay.panel(
         "Tainted measurements",

@@ -13,6 +13,11 @@ from collections import deque
 from collections.abc import Callable
 
 _EPISODES_KEPT = 512
+# A stall this small a fraction of what it delayed is below what any latency histogram resolves
+# (native histograms are built to 5% relative error): a 2 s go-away-to-resume across a 6 ms stall
+# is kept, where an absolute threshold alone would withhold nearly every long measurement on a
+# busy host.
+RELATIVE_TOLERANCE = 0.01
 _MIN_INTERVAL = 0.001
 _MAX_INTERVAL = 0.05
 
@@ -25,7 +30,8 @@ class LagMonitor:
     one interval before the wake-up was due). Such a wake-up records an episode reaching back one
     interval before it was due, so the episode covers the whole stall and every measurement that
     overlaps it is withheld: no stall longer than the threshold passes into a histogram unflagged,
-    whether or not the threshold is anywhere near the SLO.
+    whether or not the threshold is anywhere near the SLO. The one exception is a measurement
+    so long that its stalls add up to less than 1% of it (RELATIVE_TOLERANCE).
     """
 
     def __init__(
@@ -63,19 +69,26 @@ class LagMonitor:
                 self._episodes.append((expected - interval_ns, woke))
 
     def tainted(self, start_ns: int, end_ns: int) -> bool:
-        """Whether the loop may have stalled beyond the threshold at any time in [start, end].
+        """Whether the loop may have stalled in [start, end] by more than the measurement can absorb.
 
-        Also true while the sampler is overdue right now: the stall that delayed this measurement
-        may not have been sampled yet, because the sampler waits behind the same stalled loop.
+        What it can absorb is the threshold, or 1% of its own length if that is more. Also true
+        while the sampler is overdue right now: the stall that delayed this measurement may not
+        have been sampled yet, because the sampler waits behind the same stalled loop.
         """
         threshold_ns = self.threshold * 1e9
         if self._next_wake_ns is not None and time.perf_counter_ns() - self._next_wake_ns > (
             threshold_ns - self.interval * 1e9
         ):
             return True
+        tolerance_ns = max(threshold_ns, RELATIVE_TOLERANCE * (end_ns - start_ns))
+        stalled_ns = 0
         for ep_start, ep_end in reversed(self._episodes):
             if ep_end < start_ns:
                 break
             if ep_start <= end_ns:
-                return True
+                # Every episode is longer than the threshold, so one alone taints a short
+                # measurement; a long one is tainted by what its stalls could have added up to.
+                stalled_ns += ep_end - ep_start
+                if stalled_ns > tolerance_ns:
+                    return True
         return False
