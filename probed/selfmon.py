@@ -69,7 +69,7 @@ class LagMonitor:
                 self._episodes.append((expected - interval_ns, woke))
 
     def tainted(self, start_ns: int, end_ns: int) -> bool:
-        """Whether the loop may have stalled in [start, end] by more than the measurement can absorb.
+        """Whether the loop may have stalled in [start, end] more than the measurement absorbs.
 
         What it can absorb is the threshold, or 1% of its own length if that is more. Also true
         while the sampler is overdue right now: the stall that delayed this measurement may not
