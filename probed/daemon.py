@@ -219,23 +219,24 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         ok = False
         try:
-            try:
-                # Reading and validating a large config is CPU work: off the loop, so that it
-                # neither stalls sessions nor taints their measurements.
-                self.reloads += 1
-                config = await in_thread(load_config, self._path)
-                if not self.ready.is_set():
-                    return self._refuse_reload("probed is stopping")
-            except ConfigError as exc:
-                self._log.error(
-                    "reload failed; keeping the running config", errors=exc.lines()[:50]
-                )
-                return False, str(exc)
-            try:
-                changes = await self._install(config)
-            except ApplyFailed as exc:
-                self._log.error("reload failed", why=str(exc))
-                return False, str(exc)
+            with gcpolicy.held_off():
+                try:
+                    # Reading and validating a large config is CPU work: off the loop, so that
+                    # it neither stalls sessions nor taints their measurements.
+                    self.reloads += 1
+                    config = await in_thread(load_config, self._path)
+                    if not self.ready.is_set():
+                        return self._refuse_reload("probed is stopping")
+                except ConfigError as exc:
+                    self._log.error(
+                        "reload failed; keeping the running config", errors=exc.lines()[:50]
+                    )
+                    return False, str(exc)
+                try:
+                    changes = await self._install(config)
+                except ApplyFailed as exc:
+                    self._log.error("reload failed", why=str(exc))
+                    return False, str(exc)
             ok = True
         finally:
             # Whatever happened, the gauge says so and systemd hears READY again.

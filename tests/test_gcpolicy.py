@@ -58,3 +58,31 @@ async def test_no_automatic_collection_while_the_fleet_starts(
     finally:
         gc.enable()
         gc.unfreeze()
+
+
+def test_a_reload_allocates_without_collections_and_freezes_what_it_kept() -> None:
+    passes: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            passes.append(info["generation"])
+
+    gc.callbacks.append(count)
+    try:
+        assert gc.isenabled()
+        with gcpolicy.held_off():
+            # Far past the young generation's threshold: automatic passes would have run.
+            kept = [Node() for _ in range(50 * gc.get_threshold()[0])]
+            assert not gc.isenabled()
+        assert passes == [], "a collection ran while a reload allocated"
+        assert gc.isenabled(), "automatic collection is back after the reload"
+        assert gc.get_freeze_count() >= len(kept), "what the reload kept is frozen"
+        # Held off while collection was already off (the fleet still settling): it stays off.
+        gc.disable()
+        with gcpolicy.held_off():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(count)
+        gc.enable()
+        gc.unfreeze()

@@ -24,11 +24,12 @@ from typing import Any, Final
 import structlog
 from aiohttp import web
 
-from probed import logs
+from probed import gcpolicy, logs
 from probed.config import Config
 from probed.daemon import Daemon
 from probed.http import HttpServer, make_app
 from probed.httpguard import ConnectionGuard, HttpLimits
+from probed.offloop import in_thread
 from probed.sharding import Shard
 from probed.statuspage import PAGE_DETAILED, probe_html
 from probed.workers.channel import (
@@ -86,10 +87,11 @@ class WorkerDaemon(Daemon):
         # parent over a socket only this user can open.
         data = await request.content.read()
         # Unpickling a thousand probes' configs is CPU work: off the loop, like a reload's read.
-        config = await asyncio.to_thread(load_config_bytes, data)
-        if not self.ready.is_set():
-            return web.json_response({"ok": False, "why": "worker is starting or stopping"})
-        changes = self._apply(config)
+        with gcpolicy.held_off():
+            config = await in_thread(load_config_bytes, data)
+            if not self.ready.is_set():
+                return web.json_response({"ok": False, "why": "worker is starting or stopping"})
+            changes = self._apply(config)
         self.metrics.config_loaded(True)
         return web.json_response({"ok": True, "changes": changes})
 
