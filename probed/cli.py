@@ -69,6 +69,18 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _duration(value: str) -> float:
+    from probed.config.durations import parse_duration
+
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive duration")
+    return seconds
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from probed.daemon import Daemon
 
@@ -109,7 +121,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return
         from probed.workers.parent import ParentDaemon
 
-        await ParentDaemon(config, workers=workers, log_format=args.log_format, **options).run()
+        await ParentDaemon(
+            config,
+            workers=workers,
+            log_format=args.log_format,
+            liveness_timeout=args.workers_liveness_timeout,
+            **options,
+        ).run()
 
     try:
         _run_loop(main())
@@ -286,6 +304,9 @@ HTTP endpoints (probed run, at global.listen or --listen):
 
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    from probed.config.durations import format_duration
+    from probed.workers.plan import LIVENESS_TIMEOUT
+
     parser = argparse.ArgumentParser(
         prog="probed",
         description="Realtime probe daemon: held WebSocket sessions measured into Prometheus.",
@@ -355,6 +376,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         metavar="N",
         help="worker processes to spread the probes over (default: the CPUs available to"
         " probed, at most one per probe; 1 runs everything in this process)",
+    )
+    run.add_argument(
+        "--workers.liveness-timeout",
+        dest="workers_liveness_timeout",
+        type=_duration,
+        default=LIVENESS_TIMEOUT,
+        metavar="DURATION",
+        help="a worker that answers no health check for this long is killed and started again"
+        f" (default: {format_duration(LIVENESS_TIMEOUT)})",
     )
     run.add_argument(
         "--web.enable-lifecycle",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -12,6 +13,7 @@ from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from probed.exposition import Format
 from probed.sharding import Shard
@@ -39,6 +41,15 @@ async def all_up(run: Running, names: list[str]) -> bool:
     up = {s["probe"] for s in samples_of(text, "probe_connections_open")}
     rtt = [s for s in samples_of(text, "probe_message_rtt_seconds_count")]
     return up == set(names) and len(rtt) == len(names)
+
+
+def values_of(text: str, name: str) -> list[Sample]:
+    return [
+        s
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    ]
 
 
 def write(path: Path, text: str) -> Path:
@@ -169,6 +180,29 @@ async def test_a_killed_worker_is_restarted_and_counted(echo: EchoTarget, tmp_pa
         assert victim not in run.children()
         status, _type, body = await run.get("/-/healthy")
         assert status == 200, body
+
+
+async def test_a_worker_that_stops_answering_is_killed_and_restarted(
+    echo: EchoTarget, tmp_path: Path
+) -> None:
+    config = write(tmp_path / "probed.yaml", echo_config(echo.port, NAMES[:4]))
+    async with probed_run(config, "--workers", "2", "--workers.liveness-timeout", "3s") as run:
+        await run.wait_for(lambda: all_up(run, NAMES[:4]), "every probe up")
+        victim = run.children()[0]
+        # Alive, holding its sockets, answering nothing: what a worker stuck in a call looks like.
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            await run.wait_log("worker stopped answering; killing it", pid=victim)
+            await run.wait_log("worker started", count=3)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        assert victim not in run.children()
+        await run.wait_for(lambda: all_up(run, NAMES[:4]), "the worker back with its probes")
+        text = (await run.scrape()).decode()
+        assert sum(s.value for s in values_of(text, "probed_worker_restarts_total")) == 1
+        # The healthy worker never missed enough checks to be killed.
+        assert len(run.logged("worker stopped answering; killing it")) == 1
 
 
 async def test_no_worker_outlives_a_killed_parent(echo: EchoTarget, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from probed.metrics import DaemonMetrics
 from probed.statuspage import NO_PROBES, PAGE_DETAILED, page_frame
 from probed.workers.channel import CONFIG_TYPE, READY_LINE, dump_config, frame
 from probed.workers.merge import merge
-from probed.workers.plan import worker_of
+from probed.workers.plan import LIVENESS_TIMEOUT, worker_of
 
 _RESTART_INITIAL: Final = 1.0
 _RESTART_MAX: Final = 30.0
@@ -52,6 +52,9 @@ _APPLY_TIMEOUT: Final = 60.0
 _SCRAPE_SHARE: Final = 0.8
 _SCRAPE_TIMEOUT: Final = 30.0
 _API_TIMEOUT: Final = 10.0
+# A worker that misses this many health checks in a row, a third of the liveness timeout apart,
+# is killed and started again like one that crashed.
+_LIVENESS_MISSES: Final = 3
 # Passed to no worker: systemd's notifications and watchdog are the parent's alone.
 _PARENT_ONLY_ENV: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS")
 
@@ -77,8 +80,16 @@ class WorkerMetrics:
 class Worker:
     """One worker process: started, watched, restarted with backoff, stopped on request."""
 
-    def __init__(self, index: int, argv: list[str], socket_path: str, metrics: WorkerMetrics):
+    def __init__(
+        self,
+        index: int,
+        argv: list[str],
+        socket_path: str,
+        metrics: WorkerMetrics,
+        liveness_timeout: float = LIVENESS_TIMEOUT,
+    ):
         self.index = index
+        self.liveness_timeout = liveness_timeout
         self.name = str(index)
         self.argv = argv
         self.socket_path = socket_path
@@ -151,6 +162,7 @@ class Worker:
             await proc.stdin.drain()
         exited = asyncio.ensure_future(proc.wait())
         stop = asyncio.ensure_future(stopping.wait())
+        hung: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         ready_line = asyncio.ensure_future(proc.stdout.readline())
         try:
             done, _ = await asyncio.wait(
@@ -164,18 +176,38 @@ class Worker:
                 self._log.error("worker did not start in time; stopping it", pid=proc.pid)
                 await self._terminate(proc)
             self.first_outcome.set()
-            await asyncio.wait({exited, stop}, return_when="FIRST_COMPLETED")
+            hung = asyncio.ensure_future(self._until_unresponsive())
+            await asyncio.wait({exited, stop, hung}, return_when="FIRST_COMPLETED")
             if stop.done():
                 await self._terminate(proc)
+            elif hung.done() and not exited.done():
+                self._log.error(
+                    "worker stopped answering; killing it",
+                    pid=proc.pid,
+                    silent_s=self.liveness_timeout,
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
             return await proc.wait()
         finally:
-            for task in (exited, stop, ready_line):
+            for task in (exited, stop, ready_line, hung):
                 task.cancel()
             if proc.returncode is None:  # cancelled: never leave a worker behind
                 proc.kill()
                 with contextlib.suppress(ProcessLookupError):
                     await asyncio.shield(proc.wait())
             proc.stdin.close()
+
+    async def _until_unresponsive(self) -> None:
+        """Returns once the worker has missed `_LIVENESS_MISSES` health checks in a row."""
+        every = self.liveness_timeout / _LIVENESS_MISSES
+        misses = 0
+        while misses < _LIVENESS_MISSES:
+            await asyncio.sleep(every)
+            answer = await self.get("/-/healthy", within=every)
+            misses = 0 if answer is not None else misses + 1
+            if misses:
+                self._log.warning("worker did not answer a health check", misses=misses)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -268,7 +300,15 @@ class MergedExposition(Exposition):
 class ParentDaemon(Daemon):
     """The Daemon's HTTP face, signals and reload, with the probes run by worker processes."""
 
-    def __init__(self, config: Config, *, workers: int, log_format: str = "auto", **options: Any):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        workers: int,
+        log_format: str = "auto",
+        liveness_timeout: float = LIVENESS_TIMEOUT,
+        **options: Any,
+    ):
         super().__init__(config, **options)
         self.worker_metrics = WorkerMetrics(self.metrics.registry)
         self.exposition = MergedExposition(self.metrics, self)
@@ -303,7 +343,9 @@ class ParentDaemon(Daemon):
                 argv.append(f"--shard={shard}")
             if self._log_level_override:
                 argv.append(f"--log-level={self._log_level_override}")
-            self.workers.append(Worker(index, argv, socket_path, self.worker_metrics))
+            self.workers.append(
+                Worker(index, argv, socket_path, self.worker_metrics, liveness_timeout)
+            )
         self._supervisors: list[asyncio.Task[None]] = []
 
     async def run(self, *, handle_signals: bool = True) -> None:

@@ -18,6 +18,11 @@ from probed.sharding import N, Shard, owners
 
 _CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
 
+# A worker that is alive but does not answer (its loop stuck in a call that never returns, the
+# process stopped) would keep probed_worker_up at 1 while its probes' series vanish from every
+# scrape: one silent this long is killed and started again (`--workers.liveness-timeout`).
+LIVENESS_TIMEOUT: Final = 30.0
+
 
 def _cgroup_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
     """This process's cgroup directories, its own first and then each parent up to the root."""
