@@ -79,6 +79,9 @@ class LagSampler:
             self.lags_ms.append(max(0.0, (time.perf_counter_ns() - start) / 1e6 - 20))
 
 
+RELOADS = 5
+
+
 async def longest_stall_ms(during: Awaitable[T]) -> tuple[T, float]:
     """Await `during` while a 1 ms ticker watches the loop: the longest it was held (ms)."""
     longest = 0.0
@@ -234,11 +237,16 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         # The reload starts a second after the last render, as it would in production: a stall
         # of the loop just before it (a render, or parsing on the loop as below) leaves a backlog
         # of replies that the reload's own stall figure would otherwise include.
-        await asyncio.sleep(1.0)
-        start = time.perf_counter_ns()
-        (ok, message), stall_ms = await longest_stall_ms(daemon.reload())
-        reload_ms = (time.perf_counter_ns() - start) / 1e6
-        assert ok and "kept: " + str(count) in message, message
+        # Five reloads a second apart: one figure from a shared machine is mostly its neighbours.
+        stalls: list[float] = []
+        reloads: list[float] = []
+        for _ in range(RELOADS):
+            await asyncio.sleep(1.0)
+            start = time.perf_counter_ns()
+            (ok, message), stall_ms = await longest_stall_ms(daemon.reload())
+            reloads.append((time.perf_counter_ns() - start) / 1e6)
+            stalls.append(stall_ms)
+            assert ok and "kept: " + str(count) in message, message
         start = time.perf_counter_ns()
         load_config(path)
         parse_ms = (time.perf_counter_ns() - start) / 1e6
@@ -268,8 +276,9 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         # How spread the latencies are: the protobuf render's cost grows with native buckets.
         "native_buckets_mean": native_buckets,
         # The whole reload (parsing runs in a thread) and the longest the loop was held meanwhile.
-        "reload_unchanged_ms": reload_ms,
-        "reload_longest_loop_stall_ms": stall_ms,
+        "reload_unchanged_ms": statistics.median(reloads),
+        "reload_longest_loop_stall_ms": max(stalls),
+        "reload_loop_stall_median_ms": statistics.median(stalls),
         "reload_parse_ms": parse_ms,
         "reload_apply_ms": apply_ms,
         # While measuring (both phases): full collections and the longest pauses.
@@ -329,9 +338,10 @@ def markdown(results: list[dict[str, Any]]) -> str:
             ),
         ),
         row(
-            "unchanged reload: longest loop stall / whole reload / parsing / _apply (ms)",
+            "unchanged reload x5: loop stall median, max / whole reload / parsing / _apply (ms)",
             lambda r: (
-                f"{r['reload_longest_loop_stall_ms']:.1f} / {r['reload_unchanged_ms']:.1f} / "
+                f"{r['reload_loop_stall_median_ms']:.1f}, {r['reload_longest_loop_stall_ms']:.1f}"
+                f" / {r['reload_unchanged_ms']:.1f} / "
                 f"{r['reload_parse_ms']:.1f} / {r['reload_apply_ms']:.2f}"
             ),
         ),
