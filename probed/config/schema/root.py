@@ -71,7 +71,8 @@ class GlobalConfig(StrictModel):
         default=0.005,
         description="a measurement taken while the event loop lagged more is tainted: counted "
         "in probe_measurements_tainted_total, kept out of the latency histograms. Independent "
-        "of any SLO: a few ms, the most a kept measurement may be inflated by",
+        "of any SLO: a few ms, the most a kept measurement may be inflated by (or 1% of it, "
+        "if more: below what the histograms resolve)",
     )
 
     @field_validator("listen")
