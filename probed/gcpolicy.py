@@ -62,6 +62,16 @@ def starting() -> float:
     return pause
 
 
+def installed() -> None:
+    """The probes' recorders are built: freeze them without a collection.
+
+    What was just built (metric families, series, status) lives as long as its probe, so there
+    is nothing to collect; at 10,000 probes it is two million objects, which the first
+    `freeze_young` would otherwise walk with the loop stopped (about 0.35 s) while the fleet dials.
+    """
+    gc.freeze()
+
+
 def freeze_young() -> float:
     """Collect the young generations only, then freeze everything; returns the pause in seconds.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 
@@ -19,12 +20,18 @@ from websockets.exceptions import ConnectionClosed
 from probed import logs
 from probed.config import EchoProbeConfig
 from probed.connection import Session, Supervisor
-from probed.delivery import DeliveryTracker
+from probed.delivery import DeliveryTracker, open_loop
 from probed.dial import ConnectError
 from probed.matching import Filter, Ignored
 from probed.metrics import ProbeMetrics
-from probed.probes.messages import MessageMetrics, render_message, send_open_loop
+from probed.probes.messages import MessageMetrics
 from probed.template import Template
+
+
+@functools.cache
+def _template(text: str) -> Template:
+    # Templates are immutable once parsed, and a large fleet repeats the same few texts.
+    return Template(text)
 
 
 class EchoProbe:
@@ -45,7 +52,9 @@ class EchoProbe:
             ),
         )
         self._log = log
-        self._template = Template(cfg.message.template)
+        self._template = _template(cfg.message.template)
+        # The wall clock is formatted per message only for a template that shows it.
+        self._send_time = "send_time" in self._template.names
         match = cfg.message.match
         self._json_path = match.json_
         # Raw matching compares the echoed text itself; otherwise a bounded JSON filter decides.
@@ -74,11 +83,7 @@ class EchoProbe:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.supervisor.run())
-                tg.create_task(
-                    send_open_loop(
-                        self._cfg.interval, self._cfg.timeout, self.supervisor, self.send
-                    )
-                )
+                tg.create_task(self._send_open_loop())
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
@@ -107,19 +112,51 @@ class EchoProbe:
 
     # -- sending --------------------------------------------------------------------------------
 
+    async def _send_open_loop(self) -> None:
+        """Send on the fixed schedule whenever the session is up and not draining.
+
+        The rules of messages.send_open_loop, with the common case written at once: a message
+        that websockets would not make wait goes straight to the transport, with no task step
+        and no deadline of its own (10,000 of each a second at scale). Otherwise the send is
+        awaited under `timeout`: a peer that stopped reading must not stop the schedule; the
+        message stays in flight (and counts as lost) and the supervisor classifies the session.
+        """
+        timeout = self._cfg.timeout
+        async for _slot in open_loop(self._cfg.interval):
+            session = self.supervisor.session
+            if session is None or session.draining:
+                continue
+            _key, payload = self._next_message(session)
+            if session.send_now(payload):
+                continue
+            try:
+                async with asyncio.timeout(timeout):
+                    await session.send(payload)
+            except (ConnectionClosed, TimeoutError):
+                continue
+
     async def send(self, session: Session) -> str:
+        """Send the next message; returns the key its reply is matched by."""
+        key, payload = self._next_message(session)
+        await session.send(payload)
+        return key
+
+    def _next_message(self, session: Session) -> tuple[str, str]:
+        """The next message and its key, in flight from now: registered before it is written,
+        because a fast reply can be read while a send waits for the buffer to drain."""
         seq = self._seq
         self._seq += 1
         ident = f"{self._run_id}-{session.epoch}-{seq}"
-        payload = render_message(self._template, session, ident, seq, self._cfg.name)
+        values = {**session.variables, "id": ident, "seq": str(seq), "probe": self._cfg.name}
+        if self._send_time:
+            values["send_time"] = f"{time.time():.6f}"
+        payload = self._template.render(values)
         key = ident if self._json_path else payload
-        # Registered before the write: a fast reply can be read while send() awaits the drain.
         self._tracker.sent(key, seq, time.perf_counter_ns())
         self._msg.sent()
         if self._expiry is None:
             self._arm_expiry()
-        await session.send(payload)
-        return key
+        return key, payload
 
     # -- receiving ------------------------------------------------------------------------------
 

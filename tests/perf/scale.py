@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -83,14 +84,24 @@ async def bare_phase(url: str, count: int, warmup: float, seconds: float, server
     return result
 
 
-async def profile(seconds: float, out: Path) -> None:
+async def start_profiler(seconds: float, out: Path) -> asyncio.subprocess.Process:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         py_spy, "record", "--pid", str(os.getpid()), "--duration", str(int(seconds)),
         "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
+
+
+async def profile(seconds: float, out: Path) -> None:
+    await (await start_profiler(seconds, out)).wait()
+
+
+async def stop_profiler(proc: asyncio.subprocess.Process) -> None:
+    """py-spy writes what it has recorded when interrupted."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
     await proc.wait()
 
 
@@ -106,6 +117,12 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         config = load_config(path)
         config_s = time.perf_counter() - started
         daemon = Daemon(config, config_path=path, listen="127.0.0.1:0")
+        # The start (to all up, or the minute it is given) is profiled apart from the steady state.
+        start_profile = (
+            None
+            if profile_to is None
+            else await start_profiler(60 + warmup, profile_to / f"probed-start-{count}.txt")
+        )
         run = asyncio.create_task(daemon.run(handle_signals=False))
         lag = LagSampler()
         lag_task = asyncio.create_task(lag.run())
@@ -117,6 +134,8 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
                 all_up_s = time.perf_counter() - running_from
                 break
             await asyncio.sleep(0.1)
+        if start_profile is not None:
+            await stop_profiler(start_profile)
         # Measured in steady state: after the GC policy's settling (the young generations are
         # collected every second until then, with automatic collection off). Not in quick mode.
         settled = 3.0 + gcpolicy.SETTLING_S + 1.0 if seconds >= 10 else 0.0
