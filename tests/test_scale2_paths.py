@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import weakref
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from probed import kinds, logs
+from probed import gcpolicy, kinds, logs
 from probed.config import EchoProbeConfig
 from probed.probes.echo import EchoProbe
 from probed.targets.echo import EchoTarget
@@ -86,3 +88,41 @@ async def test_a_failing_send_crashes_the_probe_like_a_sending_task_would(
     with pytest.raises(ExceptionGroup) as crashed:
         await asyncio.wait_for(probe.run(), 10)
     assert crashed.group_contains(RuntimeError, match="template broke")
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self  # only the collector can free it
+
+
+async def test_while_dialling_survivors_are_frozen_uncollected_then_collected(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gcpolicy, "SETTLING_S", 5.0)
+    monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_S", 0.01)
+    monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_MIN_OBJECTS", 0)
+    task: asyncio.Task[None] | None = None
+    try:
+        gcpolicy.starting()
+        task = asyncio.create_task(gcpolicy.freeze_when_settled(1.0))
+        await asyncio.sleep(0)
+        early = _Cycle()
+        early_ref = weakref.ref(early)
+        del early
+        frozen = gc.get_freeze_count()
+        await wait_until(lambda: gc.get_freeze_count() > frozen, what="a freeze while dialling")
+        assert early_ref() is not None, "no collection pass while the fleet dials"
+        await asyncio.sleep(1.05)  # past the dialling window (settle_s), still settling
+        late = _Cycle()
+        late_ref = weakref.ref(late)
+        del late
+        await wait_until(lambda: late_ref() is None, what="a collecting pass after dialling")
+        assert not gc.isenabled(), "still settling: no automatic collection yet"
+        gcpolicy.refreeze()
+        assert early_ref() is None, "the refreeze reclaims what the start froze"
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        gc.enable()
+        gc.unfreeze()
