@@ -94,6 +94,28 @@ async def start_profiler(seconds: float, out: Path) -> asyncio.subprocess.Proces
     )  # fmt: skip
 
 
+class GcPauses:
+    """Collector passes while measuring, timed through gc.callbacks: how much of the loop's lag
+    is the collector's (py-spy charges a pass to whatever allocation triggered it)."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+        else:
+            self.pauses_ms.append((time.perf_counter_ns() - self._started) / 1e6)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 async def profile(seconds: float, out: Path) -> None:
     await (await start_profiler(seconds, out)).wait()
 
@@ -147,10 +169,11 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         lag.lags_ms.clear()
         cpu_before, server_before = time.process_time(), cpu_seconds(server)
         gc_before = gc.get_stats()[2]["collections"]
-        if profile_to is not None:
-            await profile(seconds, profile_to / f"probed-{count}.txt")
-        else:
-            await asyncio.sleep(seconds)
+        with GcPauses() as gc_pauses:
+            if profile_to is not None:
+                await profile(seconds, profile_to / f"probed-{count}.txt")
+            else:
+                await asyncio.sleep(seconds)
         cpu_s, server_s = time.process_time() - cpu_before, cpu_seconds(server) - server_before
         full_gcs = gc.get_stats()[2]["collections"] - gc_before
         rtts = raw_rtts(daemon)
@@ -172,6 +195,9 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         "cpu_fraction": cpu_s / seconds,
         "server_cpu_fraction": server_s / seconds,
         "full_gc_passes_measuring": full_gcs,
+        "gc_passes_measuring": len(gc_pauses.pauses_ms),
+        "gc_pause_ms_measuring": round(sum(gc_pauses.pauses_ms), 1),
+        "gc_longest_pause_ms": round(max(gc_pauses.pauses_ms, default=0.0), 1),
     }
 
 
@@ -238,6 +264,13 @@ def markdown(results: list[dict[str, Any]]) -> str:
             ),
         ),
         row("measurements tainted (probed)", lambda p, b: f"{100 * p['tainted_fraction']:.2f}%"),
+        row(
+            "GC while measuring (probed): passes, ms in all, longest ms",
+            lambda p, b: (
+                f"{p.get('gc_passes_measuring', 0)}, {p.get('gc_pause_ms_measuring', 0.0):.0f}, "
+                f"{p.get('gc_longest_pause_ms', 0.0):.0f}"
+            ),
+        ),
         row("config load (probed, s)", lambda p, b: f"{p['config_load_s']:.2f}"),
     ]
     loads = ", ".join(
