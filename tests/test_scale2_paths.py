@@ -126,3 +126,23 @@ async def test_while_dialling_survivors_are_frozen_uncollected_then_collected(
             await asyncio.gather(task, return_exceptions=True)
         gc.enable()
         gc.unfreeze()
+
+
+async def test_settled_fleets_collect_young_objects_less_often_until_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gcpolicy, "SETTLING_S", 0.0)
+    monkeypatch.setattr(gcpolicy, "STARTING_FREEZE_S", 0.01)
+    before = gc.get_threshold()
+    try:
+        gcpolicy.starting()
+        task = asyncio.create_task(gcpolicy.freeze_when_settled(0.05))
+        await wait_until(gc.isenabled, what="automatic collection back after settling")
+        await wait_until(lambda: gc.get_threshold() == gcpolicy.STEADY_THRESHOLDS, what="steady")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert gc.get_threshold() == before, "whoever embeds the daemon gets its thresholds back"
+    finally:
+        gc.set_threshold(*before)
+        gc.enable()
+        gc.unfreeze()

@@ -100,13 +100,16 @@ class GcPauses:
 
     def __init__(self) -> None:
         self.pauses_ms: list[float] = []
+        self.by_generation_ms = [0.0, 0.0, 0.0]
         self._started = 0
 
-    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter_ns()
         else:
-            self.pauses_ms.append((time.perf_counter_ns() - self._started) / 1e6)
+            pause = (time.perf_counter_ns() - self._started) / 1e6
+            self.pauses_ms.append(pause)
+            self.by_generation_ms[info["generation"]] += pause
 
     def __enter__(self) -> GcPauses:
         gc.callbacks.append(self)
@@ -198,6 +201,7 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         "gc_passes_measuring": len(gc_pauses.pauses_ms),
         "gc_pause_ms_measuring": round(sum(gc_pauses.pauses_ms), 1),
         "gc_longest_pause_ms": round(max(gc_pauses.pauses_ms, default=0.0), 1),
+        "gc_pause_ms_by_generation": [round(ms, 1) for ms in gc_pauses.by_generation_ms],
     }
 
 
