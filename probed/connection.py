@@ -157,17 +157,26 @@ class Session:
         self.ws.check_write_buffer(len(data))
         await self.ws.send(data)
 
+    def send_now(self, data: str | bytes) -> bool:
+        """Write a message at once if websockets would not wait (probed.wsframe); True if written.
+
+        False: nothing was written (a framing, flow control, a closing connection), and the
+        caller awaits `send`, which waits or raises as websockets does.
+        """
+        if self.framing is not None:
+            return False
+        self.ws.check_write_buffer(len(data))
+        return write_now(self.ws, data)
+
     async def send_audio(self, chunk: str | bytes) -> None:
         """As send, for paced audio: written at once when websockets would not wait.
 
-        probed.wsframe: 10,000 chunks a second on one loop. Used by the speech probe only: the
-        voice-agent probe's go-away tests failed with every send on this path (not understood yet).
+        probed.wsframe: 10,000 chunks a second on one loop. Used by the speech and echo probes:
+        the voice-agent probe's go-away tests failed with every send on this path (not
+        understood yet).
         """
-        if self.framing is None:
-            self.ws.check_write_buffer(len(chunk))
-            if write_now(self.ws, chunk):
-                return
-        await self.send(chunk)
+        if not self.send_now(chunk):
+            await self.send(chunk)
 
 
 class SessionHandler(Protocol):

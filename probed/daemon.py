@@ -116,6 +116,7 @@ class Daemon:
                 lag = tg.create_task(self.lag.run())
                 gcpolicy.starting()  # until freeze_when_settled: no full passes over the fleet
                 await self._install(self.config)
+                gcpolicy.installed()
                 settle = max((p.stagger for p in self.config.probes), default=0.0) + 2.0
                 frozen = tg.create_task(gcpolicy.freeze_when_settled(settle))
                 self.ready.set()

@@ -28,6 +28,11 @@ class TemplateError(ValueError):
 
 
 def _escape(value: str) -> str:
+    # Ids, sequence numbers and probe names need no escaping: skipping json.dumps for them was
+    # 4% of a 10,000-session echo fleet's CPU (issue 10). JSON escapes only '"', '\\' and
+    # control characters, none of which a printable ASCII string without those two holds.
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return value
     return json.dumps(value, ensure_ascii=False)[1:-1]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import time
 
@@ -23,8 +24,14 @@ from probed.delivery import DeliveryTracker
 from probed.dial import ConnectError
 from probed.matching import Filter, Ignored
 from probed.metrics import ProbeMetrics
-from probed.probes.messages import MessageMetrics, render_message, send_open_loop
+from probed.probes.messages import MessageMetrics
 from probed.template import Template
+
+
+@functools.cache
+def _template(text: str) -> Template:
+    # Templates are immutable once parsed, and a large fleet repeats the same few texts.
+    return Template(text)
 
 
 class EchoProbe:
@@ -45,7 +52,9 @@ class EchoProbe:
             ),
         )
         self._log = log
-        self._template = Template(cfg.message.template)
+        self._template = _template(cfg.message.template)
+        # The wall clock is formatted per message only for a template that shows it.
+        self._send_time = "send_time" in self._template.names
         match = cfg.message.match
         self._json_path = match.json_
         # Raw matching compares the echoed text itself; otherwise a bounded JSON filter decides.
@@ -74,11 +83,7 @@ class EchoProbe:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.supervisor.run())
-                tg.create_task(
-                    send_open_loop(
-                        self._cfg.interval, self._cfg.timeout, self.supervisor, self.send
-                    )
-                )
+                tg.create_task(self._send_open_loop())
         finally:
             if self._expiry is not None:
                 self._expiry.cancel()
@@ -107,19 +112,96 @@ class EchoProbe:
 
     # -- sending --------------------------------------------------------------------------------
 
+    async def _send_open_loop(self) -> None:
+        """Send on the fixed schedule whenever the session is up and not draining.
+
+        The rules of delivery.open_loop and messages.send_open_loop, driven by a timer instead
+        of a task: at 10,000 sessions a task step, a sleep's future and an async generator per
+        message were a tenth of probed's CPU. A message that websockets would not make wait is
+        written at once (no deadline of its own); otherwise the send is awaited in a task under
+        `timeout`, and the slots that come round meanwhile are skipped, not bursted, as the
+        loop of messages.send_open_loop does: a peer that stopped reading must not stop the
+        schedule, and the supervisor classifies the session.
+        """
+        loop = asyncio.get_running_loop()
+        interval = self._cfg.interval
+        start = loop.time()
+        slot = 0
+        timer: asyncio.TimerHandle | None = None
+        waiting: asyncio.Task[None] | None = None
+        failed: asyncio.Future[None] = loop.create_future()
+
+        def arm() -> None:
+            nonlocal slot, timer
+            slot += 1
+            due = start + slot * interval
+            current = loop.time()
+            if current - due > interval:
+                # The loop was starved past a whole slot: go on from the current one.
+                slot = int((current - start) / interval) + 1
+                due = start + slot * interval
+            timer = loop.call_at(due, tick)
+
+        def tick() -> None:
+            nonlocal waiting
+            try:
+                session = self.supervisor.session
+                if waiting is None and session is not None and not session.draining:
+                    _key, payload = self._next_message(session)
+                    if not session.send_now(payload):
+                        waiting = loop.create_task(self._send_waiting(session, payload))
+                        waiting.add_done_callback(sent)
+            except Exception as exc:  # a probe crash, as if the sending task had raised it
+                if not failed.done():
+                    failed.set_exception(exc)
+                return
+            arm()
+
+        def sent(task: asyncio.Task[None]) -> None:
+            nonlocal waiting
+            waiting = None
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None and not failed.done():
+                failed.set_exception(exc)
+
+        arm()
+        try:
+            await failed
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if waiting is not None:
+                waiting.cancel()
+
+    async def _send_waiting(self, session: Session, payload: str) -> None:
+        try:
+            async with asyncio.timeout(self._cfg.timeout):
+                await session.send(payload)
+        except (ConnectionClosed, TimeoutError):
+            pass
+
     async def send(self, session: Session) -> str:
+        """Send the next message; returns the key its reply is matched by."""
+        key, payload = self._next_message(session)
+        await session.send(payload)
+        return key
+
+    def _next_message(self, session: Session) -> tuple[str, str]:
+        """The next message and its key, in flight from now: registered before it is written,
+        because a fast reply can be read while a send waits for the buffer to drain."""
         seq = self._seq
         self._seq += 1
         ident = f"{self._run_id}-{session.epoch}-{seq}"
-        payload = render_message(self._template, session, ident, seq, self._cfg.name)
+        values = {**session.variables, "id": ident, "seq": str(seq), "probe": self._cfg.name}
+        if self._send_time:
+            values["send_time"] = f"{time.time():.6f}"
+        payload = self._template.render(values)
         key = ident if self._json_path else payload
-        # Registered before the write: a fast reply can be read while send() awaits the drain.
         self._tracker.sent(key, seq, time.perf_counter_ns())
         self._msg.sent()
         if self._expiry is None:
             self._arm_expiry()
-        await session.send(payload)
-        return key
+        return key, payload
 
     # -- receiving ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -83,14 +84,49 @@ async def bare_phase(url: str, count: int, warmup: float, seconds: float, server
     return result
 
 
-async def profile(seconds: float, out: Path) -> None:
+async def start_profiler(seconds: float, out: Path) -> asyncio.subprocess.Process:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         py_spy, "record", "--pid", str(os.getpid()), "--duration", str(int(seconds)),
         "--rate", "200", "--format", "raw", "--nonblocking", "--output", str(out),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
+
+
+class GcPauses:
+    """Collector passes while measuring, timed through gc.callbacks: how much of the loop's lag
+    is the collector's (py-spy charges a pass to whatever allocation triggered it)."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self.by_generation_ms = [0.0, 0.0, 0.0]
+        self._started = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter_ns()
+        else:
+            pause = (time.perf_counter_ns() - self._started) / 1e6
+            self.pauses_ms.append(pause)
+            self.by_generation_ms[info["generation"]] += pause
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+async def profile(seconds: float, out: Path) -> None:
+    await (await start_profiler(seconds, out)).wait()
+
+
+async def stop_profiler(proc: asyncio.subprocess.Process) -> None:
+    """py-spy writes what it has recorded when interrupted."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGINT)
     await proc.wait()
 
 
@@ -106,6 +142,12 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         config = load_config(path)
         config_s = time.perf_counter() - started
         daemon = Daemon(config, config_path=path, listen="127.0.0.1:0")
+        # The start (to all up, or the minute it is given) is profiled apart from the steady state.
+        start_profile = (
+            None
+            if profile_to is None
+            else await start_profiler(60 + warmup, profile_to / f"probed-start-{count}.txt")
+        )
         run = asyncio.create_task(daemon.run(handle_signals=False))
         lag = LagSampler()
         lag_task = asyncio.create_task(lag.run())
@@ -117,6 +159,8 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
                 all_up_s = time.perf_counter() - running_from
                 break
             await asyncio.sleep(0.1)
+        if start_profile is not None:
+            await stop_profiler(start_profile)
         # Measured in steady state: after the GC policy's settling (the young generations are
         # collected every second until then, with automatic collection off). Not in quick mode.
         settled = 3.0 + gcpolicy.SETTLING_S + 1.0 if seconds >= 10 else 0.0
@@ -128,10 +172,11 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         lag.lags_ms.clear()
         cpu_before, server_before = time.process_time(), cpu_seconds(server)
         gc_before = gc.get_stats()[2]["collections"]
-        if profile_to is not None:
-            await profile(seconds, profile_to / f"probed-{count}.txt")
-        else:
-            await asyncio.sleep(seconds)
+        with GcPauses() as gc_pauses:
+            if profile_to is not None:
+                await profile(seconds, profile_to / f"probed-{count}.txt")
+            else:
+                await asyncio.sleep(seconds)
         cpu_s, server_s = time.process_time() - cpu_before, cpu_seconds(server) - server_before
         full_gcs = gc.get_stats()[2]["collections"] - gc_before
         rtts = raw_rtts(daemon)
@@ -153,6 +198,10 @@ async def probed_phase(  # noqa: PLR0917  # the same figures as the bare phase, 
         "cpu_fraction": cpu_s / seconds,
         "server_cpu_fraction": server_s / seconds,
         "full_gc_passes_measuring": full_gcs,
+        "gc_passes_measuring": len(gc_pauses.pauses_ms),
+        "gc_pause_ms_measuring": round(sum(gc_pauses.pauses_ms), 1),
+        "gc_longest_pause_ms": round(max(gc_pauses.pauses_ms, default=0.0), 1),
+        "gc_pause_ms_by_generation": [round(ms, 1) for ms in gc_pauses.by_generation_ms],
     }
 
 
@@ -219,6 +268,13 @@ def markdown(results: list[dict[str, Any]]) -> str:
             ),
         ),
         row("measurements tainted (probed)", lambda p, b: f"{100 * p['tainted_fraction']:.2f}%"),
+        row(
+            "GC while measuring (probed): passes, ms in all, longest ms",
+            lambda p, b: (
+                f"{p.get('gc_passes_measuring', 0)}, {p.get('gc_pause_ms_measuring', 0.0):.0f}, "
+                f"{p.get('gc_longest_pause_ms', 0.0):.0f}"
+            ),
+        ),
         row("config load (probed, s)", lambda p, b: f"{p['config_load_s']:.2f}"),
     ]
     loads = ", ".join(
