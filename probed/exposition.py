@@ -19,9 +19,9 @@ import asyncio
 import enum
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import accumulate, chain, compress, repeat
 from operator import add, attrgetter, ne, sub
 from typing import TYPE_CHECKING, Final
@@ -37,8 +37,10 @@ from probed.series import (
     NATIVE_SCHEMA,
     NATIVE_ZERO_THRESHOLD,
     Counter,
+    CounterChild,
     Family,
     Gauge,
+    GaugeChild,
     Histogram,
     HistogramChild,
     Labels,
@@ -126,10 +128,12 @@ class _Entry:
 class _FamilyCache:
     """A family's rendered series per format, valid for one (version, label epoch)."""
 
-    __slots__ = ("bucket_tails", "changing", "entries", "prefixes")
+    __slots__ = ("changing", "encoder", "entries", "prefixes", "template")
 
     def __init__(self) -> None:
-        self.bucket_tails: list[bytes] | None = None
+        self.template: list[bytes] | None = None  # protobuf, histograms: see _bucket_template
+        # protobuf, a family seen changing: (label epoch, family.shape, its encoder).
+        self.encoder: tuple[int, int, Callable[[], bytes]] | None = None
         # Per body format (text and OpenMetrics share their series lines): the rendered bytes
         # and the (version, epoch) they render. Updated in place, not replaced, so that a scrape
         # leaves no new long-lived objects behind for the collector's full passes to walk.
@@ -235,10 +239,22 @@ class _NativeState:
     Between two scrapes a probe records a few round trips, which move a few of its 100-odd
     buckets: the delta of a moved bucket and of the one after it are encoded again, and a bucket
     seen for the first time changes the run (positive_span) it joins and the offset of the run
-    after it; the rest is kept.
+    after it; the rest is kept. The packed deltas are kept joined, with where each one starts: a
+    delta re-encoded to as many bytes as before (nearly all of them: small deltas take one byte)
+    is written over the old one in place, instead of joining 200 deltas again.
     """
 
-    __slots__ = ("deltas", "fields", "firsts", "indexes", "lengths", "spans")
+    __slots__ = (
+        "deltas",
+        "fields",
+        "firsts",
+        "head",
+        "indexes",
+        "lengths",
+        "offsets",
+        "packed",
+        "spans",
+    )
 
     def __init__(self, native: dict[int, int]) -> None:
         self.indexes = sorted(native)
@@ -250,27 +266,60 @@ class _NativeState:
         ends = map(add, self.firsts, self.lengths)
         offsets = [self.firsts[0], *map(sub, self.firsts[1:], ends)]
         self.spans = list(map(_span, offsets, self.lengths))
+        self.head = b""
+        self.packed = bytearray()
+        self.offsets: list[int] = []
         self.fields = b""
         self._pack()
 
     def update(self, native: dict[int, int], touched: list[int]) -> None:
+        indexes = self.indexes
+        if len(indexes) != len(native):  # buckets that were empty until now
+            self._grow(native, touched)
+            return
+        # Only counts moved (the steady state): a moved bucket's delta and the next one's.
+        last = len(indexes) - 1
+        resized = False
+        for i in touched:  # repeats are harmless: the same deltas are encoded again
+            p = bisect_left(indexes, i)
+            count = native[i]
+            resized |= self._set(p, count - native[indexes[p - 1]] if p else count)
+            if p < last:
+                resized |= self._set(p + 1, native[indexes[p + 1]] - count)
+        if resized:
+            self._pack()
+        else:
+            self.fields = self.head + pb.varint(len(self.packed)) + self.packed
+
+    def _set(self, p: int, d: int) -> bool:
+        """Encodes the delta at position `p`; True if its size changed (the deltas need joining
+        again), else it is written over the old one in place."""
+        new = _DELTAS.get(d) or pb.varint(pb.zigzag(d))
+        old = self.deltas[p]
+        if len(new) != len(old):
+            self.deltas[p] = new
+            return True
+        if new != old:
+            self.deltas[p] = new
+            at = self.offsets[p]
+            self.packed[at : at + len(new)] = new
+        return False
+
+    def _grow(self, native: dict[int, int], touched: list[int]) -> None:
         moved = set(touched)
         indexes, deltas = self.indexes, self.deltas
-        if len(indexes) != len(native):  # buckets that were empty until now
-            for i in sorted(moved):
-                p = bisect_left(indexes, i)
-                if p == len(indexes) or indexes[p] != i:
-                    indexes.insert(p, i)
-                    deltas.insert(p, b"")  # encoded below with the other moved ones
-                    self._join_run(i)
+        for i in sorted(moved):
+            p = bisect_left(indexes, i)
+            if p == len(indexes) or indexes[p] != i:
+                indexes.insert(p, i)
+                deltas.insert(p, b"")  # encoded below with the other moved ones
+                self._join_run(i)
         at = set(map(bisect_left, repeat(indexes), moved))
         # A bucket's delta is from the bucket before it: the one after a moved one moves too.
         at.update(map(add, list(at), repeat(1)))
         at.discard(len(indexes))
-        get = _DELTAS.get
         for p in at:
-            d = native[indexes[p]] - (native[indexes[p - 1]] if p else 0)
-            deltas[p] = get(d) or pb.varint(pb.zigzag(d))
+            deltas[p] = _delta(native[indexes[p]] - (native[indexes[p - 1]] if p else 0))
         self._pack()
 
     def _join_run(self, i: int) -> None:
@@ -299,15 +348,21 @@ class _NativeState:
                 spans[k] = _span(offset, lengths[k])
 
     def _pack(self) -> None:
-        packed = b"".join(self.deltas)
+        deltas = self.deltas
+        self.packed = bytearray(b"".join(deltas))
+        self.offsets = [0, *accumulate(map(len, deltas))]
         # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
-        self.fields = b"".join((*self.spans, _DELTAS_KEY, pb.varint(len(packed)), packed))
+        self.head = b"".join((*self.spans, _DELTAS_KEY))
+        self.fields = self.head + pb.varint(len(self.packed)) + self.packed
+
+
+_ZERO_EMPTY: Final = pb.uint_field(7, 0)
 
 
 def _native_fields(h: HistogramChild) -> bytes:
     native = h.native
     assert native is not None
-    zero = pb.uint_field(7, h.zero)
+    zero = pb.uint_field(7, h.zero) if h.zero else _ZERO_EMPTY
     touched = h.touched
     if touched is None:
         h.touched = []  # from now on observe() lists what it moves
@@ -325,16 +380,19 @@ def _native_fields(h: HistogramChild) -> bytes:
 
 
 def _bucket_template(family: Histogram, cache: _FamilyCache) -> list[bytes]:
-    """The classic buckets' parts, three per bucket, with each upper bound's field in place.
+    """A histogram message's parts, with each classic bucket's upper bound in place.
 
-    The upper_bound field of each classic bucket never changes: encoded once per family; a
-    render fills in the heads and counts (slice assignments, in C).
+    [count and sum, bucket 1 head and count, bucket 1 upper bound, ..., native fields]: the
+    upper_bound field of each classic bucket never changes, so it is encoded once per family; a
+    render fills in the rest (the counts by one slice assignment, in C).
     """
-    if cache.bucket_tails is None:
-        template = [b""] * (3 * len(family.bounds))
-        template[2::3] = [pb.double_field(2, b) for b in family.bounds]
-        cache.bucket_tails = template
-    return cache.bucket_tails
+    if cache.template is None:
+        template = [b""] * (2 * len(family.bounds) + (2 if family.native else 1))
+        template[2 : 2 * len(family.bounds) + 1 : 2] = [
+            pb.double_field(2, b) for b in family.bounds
+        ]
+        cache.template = template
+    return cache.template
 
 
 # Bucket {cumulative_count = 1, upper_bound = 2}: its key and length, and the count's key, by the
@@ -344,17 +402,32 @@ _BUCKET_HEADS: Final = [
 ]
 
 
-def _histogram_message(family: Histogram, h: HistogramChild, cache: _FamilyCache) -> bytes:
+def _bucket_piece(count: int) -> bytes:
+    """A classic bucket's head and cumulative count (its upper bound follows)."""
+    encoded = pb.varint(count)
+    return _BUCKET_HEADS[len(encoded)] + encoded
+
+
+@cache
+def _bucket_pieces() -> list[bytes]:
+    """_bucket_piece() of the counts below 2^14, made on the first protobuf render."""
+    return [_bucket_piece(n) for n in range(1 << 14)]
+
+
+def _histogram_message(h: HistogramChild, template: list[bytes]) -> bytes:
     cumulative = list(accumulate(h.counts))
     cumulative.pop()  # +Inf: the message's sample_count
-    counts = pb.varints(cumulative)
-    parts = _bucket_template(family, cache).copy()
-    parts[0::3] = list(map(_BUCKET_HEADS.__getitem__, map(len, counts)))
-    parts[1::3] = counts
-    head = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
-    parts.insert(0, head)
-    if h.native is not None:
-        parts.append(_native_fields(h))
+    try:
+        pieces = list(map(_bucket_pieces().__getitem__, cumulative))
+    except IndexError:  # a histogram that ran for hours
+        pieces = list(map(_bucket_piece, cumulative))
+    parts = template.copy()
+    parts[0] = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
+    if h.native is None:
+        parts[1::2] = pieces
+    else:
+        parts[1:-1:2] = pieces
+        parts[-1] = _native_fields(h)
     return b"".join(parts)
 
 
@@ -367,25 +440,72 @@ _VALUE_HEADS: Final = {
     field: pb.key(field, pb.LENGTH_DELIMITED) + pb.varint(9) + pb.key(1, pb.FIXED64)
     for field in (2, 3)
 }
+_VALUE: Final = attrgetter("value")
+
+Encoder = Callable[[], bytes]
+
+
+def _protobuf_encoder(family: Family, ctx: _Context, cache: _FamilyCache) -> Encoder:
+    """What renders the family's metrics now and, while its children stay, at later scrapes.
+
+    Each child's labels are encoded once, beside the child; a render reads the children's
+    current values. A family seen changing keeps its encoder (one per label epoch and set of
+    children); others render once and keep only the bytes.
+    """
+    varint = pb.varint
+    if isinstance(family, Histogram):
+        # Per child: its labels and the histogram field's key, and the child.
+        items = [
+            (_prefixes(family, labels, ctx, cache)[1] + _HISTOGRAM_KEY, h)
+            for labels, h in family.children()
+        ]
+        template = _bucket_template(family, cache)
+        if len(items) == 1:  # the latency histogram of a probe without roles
+            ((head, only),) = items
+
+            def histogram() -> bytes:
+                message = _histogram_message(only, template)
+                size = varint(len(message))
+                inner = varint(len(head) + len(size) + len(message))
+                return b"".join((_METRIC_KEY, inner, head, size, message))
+
+            return histogram
+
+        def histograms() -> bytes:
+            out: list[bytes] = []
+            for head, h in items:
+                message = _histogram_message(h, template)
+                size = varint(len(message))
+                inner = varint(len(head) + len(size) + len(message))
+                out += (_METRIC_KEY, inner, head, size, message)
+            return b"".join(out)
+
+        return histograms
+    if isinstance(family, Counter | Gauge):
+        value_head = _VALUE_HEADS[3 if isinstance(family, Counter) else 2]
+        heads: list[bytes] = []
+        children: list[CounterChild | GaugeChild] = []
+        for labels, child in family.children():
+            pairs = _prefixes(family, labels, ctx, cache)[1]
+            heads.append(_METRIC_KEY + varint(len(pairs) + 11) + pairs + value_head)
+            children.append(child)
+        pack = pb.pack_double
+        if len(children) == 1:
+            (first,), (series,) = heads, children
+            return lambda: first + pack(series.value)
+        # Every series in C: the values read, packed, and put after their heads.
+        return lambda: b"".join(map(add, heads, map(pack, map(_VALUE, children))))
+    return bytes
 
 
 def _render_protobuf(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
-    out: list[bytes] = []
-    varint = pb.varint
-    if isinstance(family, Histogram):
-        for labels, h in family.children():
-            _, pairs = _prefixes(family, labels, ctx, cache)
-            message = _histogram_message(family, h, cache)
-            size = len(message)
-            inner = len(pairs) + len(_HISTOGRAM_KEY) + len(varint(size)) + size
-            out += (_METRIC_KEY, varint(inner), pairs, _HISTOGRAM_KEY, varint(size), message)
-    elif isinstance(family, Counter | Gauge):
-        value_head = _VALUE_HEADS[3 if isinstance(family, Counter) else 2]
-        pack = pb.pack_double
-        for labels, child in family.children():
-            _, pairs = _prefixes(family, labels, ctx, cache)
-            out += (_METRIC_KEY, varint(len(pairs) + 11), pairs, value_head, pack(child.value))
-    return b"".join(out)
+    kept = cache.encoder
+    if kept is not None and kept[0] == ctx.epoch and kept[1] == family.shape:
+        return kept[2]()
+    encoder = _protobuf_encoder(family, ctx, cache)
+    if cache.changing:
+        cache.encoder = (ctx.epoch, family.shape, encoder)
+    return encoder()
 
 
 def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
@@ -473,14 +593,28 @@ class _Layout:
     def refresh(self, fmt: Format) -> Generator[None, None, None]:
         """Renders again the families whose version moved since their body was rendered."""
         families, versions, where, rows = self.families, self.versions, self.where, self.rows
+        contexts, epoch, protobuf = self.contexts, self.epoch, fmt is Format.PROTOBUF
         # In blocks, with a pause between: comparing 20,000 versions takes a few milliseconds.
         for start in range(0, len(families), _SCAN):
             stop = start + _SCAN
             now = map(_VERSION, families[start:stop])
             moved = list(compress(range(start, stop), map(ne, now, versions[start:stop])))
             for n, i in enumerate(moved, 1):
-                version = families[i].version
-                where[i][rows[i]] = _rendered(families[i], fmt, self.contexts[i])
+                family = families[i]
+                version = family.version
+                cache: _FamilyCache | None = family.rendered
+                kept = cache.encoder if protobuf and cache is not None else None
+                if kept is not None and kept[0] == epoch and kept[1] == family.shape:
+                    # What _rendered() would do, without its checks: a family seen changing,
+                    # its encoder made for this label epoch and these children.
+                    assert cache is not None
+                    body = kept[2]()
+                    entry = cache.entries[1]
+                    if entry is not None:
+                        entry.version, entry.epoch, entry.body = version, epoch, body
+                else:
+                    body = _rendered(family, fmt, contexts[i])
+                where[i][rows[i]] = body
                 versions[i] = version
                 if n % _BATCH == 0:
                     yield
@@ -703,12 +837,13 @@ class Exposition(Collector):
         # Snapshot: probes come and go while a sliced render waits for its next turn.
         probes = list(self._probes.values())
         extra, epoch = dict(self._labels), self._epoch
-        live = {p.name for p in probes}
-        for name in [n for n in self._contexts if n not in live]:
-            self._contexts.pop(name, None)
         slot = _body_slot(fmt)
         layout = self._layouts[slot]
         if layout is None or not layout.fits(probes, epoch):
+            # Only when probes came or went (or labels changed) can contexts have gone stale.
+            live = {p.name for p in probes}
+            for name in [n for n in self._contexts if n not in live]:
+                self._contexts.pop(name, None)
             layout = yield from self._lay_out(probes, fmt, extra, epoch)
             # Installed whole: a render that started on the previous layout keeps that one.
             self._layouts[slot] = layout

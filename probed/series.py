@@ -57,6 +57,9 @@ class Family:
         # Bumped by every change to any child, and when children come and go: the exposition
         # keeps a family's rendering until this moves.
         self.version = 0
+        # Bumped only when children come and go: the exposition keeps, per family that changes
+        # often, each child's encoded labels beside the child until this moves.
+        self.shape = 0
         # The exposition's rendered series of this family (probed/exposition.py owns its shape).
         self.rendered: Any = None
 
@@ -86,17 +89,20 @@ class _Parent(Family, Generic[_C]):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
             child = self._children[values] = self._make()
             self.version += 1
+            self.shape += 1
         return child
 
     def remove(self, *values: str) -> None:
         if self._children.pop(values, None) is not None:
             self.version += 1
+            self.shape += 1
 
     def clear(self) -> None:
         """Drop every labelled series (a family without labels keeps its one series)."""
         if self.labelnames and self._children:
             self._children.clear()
             self.version += 1
+            self.shape += 1
 
     def children(self) -> list[tuple[Labels, _C]]:
         # list() of a dict is one C call: safe to take from a worker thread while the loop adds.
