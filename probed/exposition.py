@@ -138,11 +138,11 @@ class _FamilyCache:
         # and the (version, epoch) they render. Updated in place, not replaced, so that a scrape
         # leaves no new long-lived objects behind for the collector's full passes to walk.
         self.entries: list[_Entry | None] = [None, None]
-        # epoch -> per child: text line prefixes (histograms: one per bucket) and label bytes.
+        # epoch -> per child: text line prefixes (histograms: one per bucket).
         # Kept only for families seen changing between renders (the latency histogram, message
         # counters): most families never change after their first render, and their prefixes
         # would cost more memory than the rendered bytes themselves.
-        self.prefixes: tuple[int, dict[Labels, tuple[list[str], bytes]]] = (-1, {})
+        self.prefixes: tuple[int, dict[Labels, list[str]]] = (-1, {})
         self.changing = False
 
 
@@ -153,9 +153,14 @@ def _cache(family: Family) -> _FamilyCache:
     return found
 
 
-def _prefixes(
-    family: Family, labels: Labels, ctx: _Context, cache: _FamilyCache
-) -> tuple[list[str], bytes]:
+def _own_labels(family: Family, labels: Labels, ctx: _Context) -> list[tuple[str, str]]:
+    """A series' labels: its probe's, the global ones and its own, sorted by name as
+    prometheus_client writes them (people and tests read them so)."""
+    return sorted([*ctx.pb_pairs, *zip(family.labelnames, labels, strict=True)])
+
+
+def _prefixes(family: Family, labels: Labels, ctx: _Context, cache: _FamilyCache) -> list[str]:
+    """A series' text line prefixes (histograms: one per bucket, then count and sum)."""
     epoch, table = cache.prefixes
     if epoch != ctx.epoch:
         table = {}
@@ -163,8 +168,7 @@ def _prefixes(
     found = table.get(labels)
     if found is not None:
         return found
-    # Sorted by name, as prometheus_client writes them (people and tests read them so).
-    own = sorted([*ctx.pb_pairs, *zip(family.labelnames, labels, strict=True)])
+    own = _own_labels(family, labels, ctx)
 
     def braces(pairs: list[tuple[str, str]]) -> str:
         inner = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in sorted(pairs))
@@ -179,23 +183,22 @@ def _prefixes(
         lines = [f"{family.name}_total{base} "]
     else:
         lines = [f"{family.name}{base} "]
-    found = (lines, _label_pairs(own))
     if cache.changing:
-        table[labels] = found
-    return found
+        table[labels] = lines
+    return lines
 
 
 def _render_text(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
     out: list[str] = []
     if isinstance(family, Histogram):
         for labels, h in family.children():
-            lines, _ = _prefixes(family, labels, ctx, cache)
+            lines = _prefixes(family, labels, ctx, cache)
             out.extend(map(str.__add__, lines, map(str, h.cumulative())))
             out.append(lines[-2] + str(h.count))
             out.append(lines[-1] + format_value(h.sum))
     elif isinstance(family, Counter | Gauge):
         for labels, child in family.children():
-            lines, _ = _prefixes(family, labels, ctx, cache)
+            lines = _prefixes(family, labels, ctx, cache)
             out.append(lines[0] + format_value(child.value))
     return ("\n".join(out) + "\n").encode() if out else b""
 
@@ -246,17 +249,17 @@ class _NativeState:
 
     __slots__ = (
         "deltas",
-        "fields",
         "firsts",
-        "head",
         "indexes",
+        "lead",
         "lengths",
         "offsets",
         "packed",
         "spans",
+        "zero",
     )
 
-    def __init__(self, native: dict[int, int]) -> None:
+    def __init__(self, native: dict[int, int], zero: int) -> None:
         self.indexes = sorted(native)
         counts = list(map(native.__getitem__, self.indexes))
         self.deltas = [_delta(d) for d in map(sub, counts, chain((0,), counts))]
@@ -266,11 +269,19 @@ class _NativeState:
         ends = map(add, self.firsts, self.lengths)
         offsets = [self.firsts[0], *map(sub, self.firsts[1:], ends)]
         self.spans = list(map(_span, offsets, self.lengths))
-        self.head = b""
+        self.zero = zero
+        # Every field before the packed deltas' length: schema, zero bucket, spans, their key.
+        self.lead = b""
         self.packed = bytearray()
         self.offsets: list[int] = []
-        self.fields = b""
         self._pack()
+
+    def parts(self, zero: int) -> tuple[bytes, bytes, bytearray]:
+        """The native fields, in three parts (joined into the message by the caller)."""
+        if zero != self.zero:
+            self.zero = zero
+            self._lead()
+        return self.lead, pb.varint(len(self.packed)), self.packed
 
     def update(self, native: dict[int, int], touched: list[int]) -> None:
         indexes = self.indexes
@@ -278,32 +289,24 @@ class _NativeState:
             self._grow(native, touched)
             return
         # Only counts moved (the steady state): a moved bucket's delta and the next one's.
-        last = len(indexes) - 1
+        deltas, packed, offsets, get = self.deltas, self.packed, self.offsets, _DELTAS.get
+        after = len(indexes) - 1
         resized = False
         for i in touched:  # repeats are harmless: the same deltas are encoded again
             p = bisect_left(indexes, i)
-            count = native[i]
-            resized |= self._set(p, count - native[indexes[p - 1]] if p else count)
-            if p < last:
-                resized |= self._set(p + 1, native[indexes[p + 1]] - count)
+            for q in (p, p + 1) if p < after else (p,):
+                d = native[indexes[q]] - native[indexes[q - 1]] if q else native[indexes[q]]
+                new = get(d) or pb.varint(pb.zigzag(d))
+                old = deltas[q]
+                if new is not old:
+                    deltas[q] = new
+                    if len(new) == len(old):
+                        at = offsets[q]
+                        packed[at : at + len(new)] = new
+                    else:
+                        resized = True
         if resized:
             self._pack()
-        else:
-            self.fields = self.head + pb.varint(len(self.packed)) + self.packed
-
-    def _set(self, p: int, d: int) -> bool:
-        """Encodes the delta at position `p`; True if its size changed (the deltas need joining
-        again), else it is written over the old one in place."""
-        new = _DELTAS.get(d) or pb.varint(pb.zigzag(d))
-        old = self.deltas[p]
-        if len(new) != len(old):
-            self.deltas[p] = new
-            return True
-        if new != old:
-            self.deltas[p] = new
-            at = self.offsets[p]
-            self.packed[at : at + len(new)] = new
-        return False
 
     def _grow(self, native: dict[int, int], touched: list[int]) -> None:
         moved = set(touched)
@@ -351,46 +354,44 @@ class _NativeState:
         deltas = self.deltas
         self.packed = bytearray(b"".join(deltas))
         self.offsets = [0, *accumulate(map(len, deltas))]
+        self._lead()
+
+    def _lead(self) -> None:
         # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
-        self.head = b"".join((*self.spans, _DELTAS_KEY))
-        self.fields = self.head + pb.varint(len(self.packed)) + self.packed
+        zero = pb.uint_field(7, self.zero)
+        self.lead = b"".join((_NATIVE_HEAD, zero, *self.spans, _DELTAS_KEY))
 
 
-_ZERO_EMPTY: Final = pb.uint_field(7, 0)
-
-
-def _native_fields(h: HistogramChild) -> bytes:
+def _native_parts(h: HistogramChild) -> tuple[bytes, bytes, bytes | bytearray]:
+    """The child's native histogram fields in three parts, re-encoding what moved."""
     native = h.native
     assert native is not None
-    zero = pb.uint_field(7, h.zero) if h.zero else _ZERO_EMPTY
     touched = h.touched
     if touched is None:
         h.touched = []  # from now on observe() lists what it moves
     if not native:
-        return _NATIVE_HEAD + zero + _NO_SPANS
+        return _NATIVE_HEAD + pb.uint_field(7, h.zero) + _NO_SPANS, b"", b""
     state: _NativeState | None = h.encoded
     if state is None or touched is None:
-        state = h.encoded = _NativeState(native)
+        state = h.encoded = _NativeState(native, h.zero)
     elif touched:
         state.update(native, touched)
-    if touched:
         # The same list again: a scrape leaves no new objects for the collector to walk.
         touched.clear()
-    return _NATIVE_HEAD + zero + state.fields
+    return state.parts(h.zero)
 
 
 def _bucket_template(family: Histogram, cache: _FamilyCache) -> list[bytes]:
     """A histogram message's parts, with each classic bucket's upper bound in place.
 
-    [count and sum, bucket 1 head and count, bucket 1 upper bound, ..., native fields]: the
-    upper_bound field of each classic bucket never changes, so it is encoded once per family; a
-    render fills in the rest (the counts by one slice assignment, in C).
+    [count and sum, bucket 1 head and count, bucket 1 upper bound, ..., three native parts]:
+    the upper_bound field of each classic bucket never changes, so it is encoded once per
+    family; a render fills in the rest (the counts by one slice assignment, in C).
     """
     if cache.template is None:
-        template = [b""] * (2 * len(family.bounds) + (2 if family.native else 1))
-        template[2 : 2 * len(family.bounds) + 1 : 2] = [
-            pb.double_field(2, b) for b in family.bounds
-        ]
+        n = len(family.bounds)
+        template = [b""] * (2 * n + (4 if family.native else 1))
+        template[2 : 2 * n + 1 : 2] = [pb.double_field(2, b) for b in family.bounds]
         cache.template = template
     return cache.template
 
@@ -421,13 +422,13 @@ def _histogram_message(h: HistogramChild, template: list[bytes]) -> bytes:
         pieces = list(map(_bucket_pieces().__getitem__, cumulative))
     except IndexError:  # a histogram that ran for hours
         pieces = list(map(_bucket_piece, cumulative))
-    parts = template.copy()
+    parts: list[bytes | bytearray] = list(template)
     parts[0] = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
     if h.native is None:
         parts[1::2] = pieces
     else:
-        parts[1:-1:2] = pieces
-        parts[-1] = _native_fields(h)
+        parts[1:-3:2] = pieces
+        parts[-3:] = _native_parts(h)
     return b"".join(parts)
 
 
@@ -456,7 +457,7 @@ def _protobuf_encoder(family: Family, ctx: _Context, cache: _FamilyCache) -> Enc
     if isinstance(family, Histogram):
         # Per child: its labels and the histogram field's key, and the child.
         items = [
-            (_prefixes(family, labels, ctx, cache)[1] + _HISTOGRAM_KEY, h)
+            (_label_pairs(_own_labels(family, labels, ctx)) + _HISTOGRAM_KEY, h)
             for labels, h in family.children()
         ]
         template = _bucket_template(family, cache)
@@ -486,7 +487,7 @@ def _protobuf_encoder(family: Family, ctx: _Context, cache: _FamilyCache) -> Enc
         heads: list[bytes] = []
         children: list[CounterChild | GaugeChild] = []
         for labels, child in family.children():
-            pairs = _prefixes(family, labels, ctx, cache)[1]
+            pairs = _label_pairs(_own_labels(family, labels, ctx))
             heads.append(_METRIC_KEY + varint(len(pairs) + 11) + pairs + value_head)
             children.append(child)
         pack = pb.pack_double

@@ -154,7 +154,13 @@ ACCEPT = {
 
 
 async def in_daemon(
-    count: int, renders: int, *, interval: float, history: int, formats: list[Format]
+    count: int,
+    renders: int,
+    *,
+    interval: float,
+    history: int,
+    formats: list[Format],
+    profile: Path | None = None,
 ) -> None:
     # Imported here: the exposition-only mode needs no daemon.
     from probed import logs
@@ -205,6 +211,7 @@ async def in_daemon(
                 if family.name == "probe_message_rtt_seconds" and isinstance(family, Histogram)
                 for _, child in family.children()
             ]
+            profiler = cProfile.Profile() if profile else None
             for fmt in formats:
                 cpu, moved, size = [], [], 0
                 for _ in range(renders + 1):
@@ -213,7 +220,11 @@ async def in_daemon(
                     # Measurements taken while the loop lagged are withheld: not every probe's
                     # histogram moves each second on a busy machine.
                     moved.append(sum(h.count != n for h, n in zip(rtts, before, strict=True)))
+                    if profiler is not None and cpu:
+                        profiler.enable()
                     ms, size = render_cpu_ms(daemon, ACCEPT[fmt])
+                    if profiler is not None:
+                        profiler.disable()
                     cpu.append(ms)
                 steady = cpu[1:]  # the first render fills the caches
                 print(
@@ -221,6 +232,8 @@ async def in_daemon(
                     f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB,"
                     f" histograms moved between renders: {statistics.median(moved[1:]):.0f}"
                 )
+            if profiler is not None and profile is not None:
+                profiler.dump_stats(profile)
             daemon.stop()
             await run
     finally:
@@ -254,6 +267,7 @@ if __name__ == "__main__":
                 interval=args.interval,
                 history=args.history,
                 formats=formats,
+                profile=args.profile,
             )
         )
         raise SystemExit(0)
