@@ -49,6 +49,9 @@ class Family:
     """One metric family of one probe: named children by label values, and a change count."""
 
     kind: ClassVar[str]
+    # Slots: a render reads `version` of 20,000 families at 1,000 probes; a slot is one read
+    # where an instance dict is a lookup in a separate object (and more memory per family).
+    __slots__ = ("documentation", "labelnames", "name", "rendered", "shape", "version")
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
         self.name = name
@@ -72,6 +75,8 @@ _C = TypeVar("_C")
 
 
 class _Parent(Family, Generic[_C]):
+    __slots__ = ("_children", "_only")
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, documentation, labelnames)
         self._children: dict[Labels, _C] = {}
@@ -132,6 +137,7 @@ class Counter(_Parent[CounterChild]):
     """A monotonic counter; `name` is given with its `_total` suffix, as it is queried."""
 
     kind = "counter"
+    __slots__ = ()
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name.removesuffix("_total"), documentation, labelnames)
@@ -175,6 +181,7 @@ class GaugeChild:
 
 class Gauge(_Parent[GaugeChild]):
     kind = "gauge"
+    __slots__ = ()
 
     def _make(self) -> GaugeChild:
         return GaugeChild(self)
@@ -258,6 +265,7 @@ class HistogramChild:
 
 class Histogram(_Parent[HistogramChild]):
     kind = "histogram"
+    __slots__ = ("bounds", "native")
 
     def __init__(
         self,
