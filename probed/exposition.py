@@ -23,7 +23,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from itertools import accumulate, chain, compress, repeat
-from operator import add, attrgetter, ne, sub
+from operator import add, and_, attrgetter, ne, rshift, sub
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
@@ -409,19 +409,47 @@ def _bucket_piece(count: int) -> bytes:
     return _BUCKET_HEADS[len(encoded)] + encoded
 
 
+# _bucket_piece(n) at n, for the counts seen so far below 2^14: grown as counts grow, so that no
+# render step builds more than a few milliseconds of it and a daemon keeps only what it uses.
+_PIECES: Final[list[bytes]] = []
+_SMALL: Final = 1 << 14
+_LARGE: Final = 1 << 21
+
+
 @cache
-def _bucket_pieces() -> list[bytes]:
-    """_bucket_piece() of the counts below 2^14, made on the first protobuf render."""
-    return [_bucket_piece(n) for n in range(1 << 14)]
+def _large_pieces() -> tuple[list[bytes], list[bytes]]:
+    """For counts in [2^14, 2^21) (a histogram that ran for hours), whose varint takes three
+    bytes: the bucket head and the first two bytes by n mod 2^14, the third byte by n >> 14."""
+    low = [_BUCKET_HEADS[3] + bytes((x & 0x7F | 0x80, x >> 7 | 0x80)) for x in range(_SMALL)]
+    return low, [bytes((h,)) for h in range(_LARGE // _SMALL)]
+
+
+def _classic_pieces(cumulative: list[int]) -> list[bytes]:
+    """_bucket_piece() of each cumulative count, looked up in C, not encoded one by one."""
+    top = cumulative[-1] if cumulative else 0  # counts only go up the buckets
+    if top >= len(_PIECES) and len(_PIECES) < _SMALL:
+        _PIECES.extend(map(_bucket_piece, range(len(_PIECES), min(top + 1, _SMALL))))
+    if top < _SMALL:
+        return list(map(_PIECES.__getitem__, cumulative))
+    if top >= _LARGE:
+        return list(map(_bucket_piece, cumulative))
+    split = bisect_left(cumulative, _SMALL)
+    large = cumulative[split:]
+    low, high = _large_pieces()
+    return [
+        *map(_PIECES.__getitem__, cumulative[:split]),
+        *map(
+            add,
+            map(low.__getitem__, map(and_, large, repeat(_SMALL - 1))),
+            map(high.__getitem__, map(rshift, large, repeat(14))),
+        ),
+    ]
 
 
 def _histogram_message(h: HistogramChild, template: list[bytes]) -> bytes:
     cumulative = list(accumulate(h.counts))
     cumulative.pop()  # +Inf: the message's sample_count
-    try:
-        pieces = list(map(_bucket_pieces().__getitem__, cumulative))
-    except IndexError:  # a histogram that ran for hours
-        pieces = list(map(_bucket_piece, cumulative))
+    pieces = _classic_pieces(cumulative)
     parts: list[bytes | bytearray] = list(template)
     parts[0] = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
     if h.native is None:

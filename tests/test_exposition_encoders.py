@@ -186,3 +186,25 @@ def test_a_stale_cache_would_be_caught() -> None:
     assert stale != lab.scratch()
     lab.messages.sent()  # a counted change renders the family again, with both
     lab.render_and_check()
+
+
+def test_classic_counts_of_any_size_decode_back() -> None:
+    """Cumulative counts below 2^14, up to 2^21 and past it (weeks of a busy probe) in one
+    histogram: each range has its own encoding path, and each must decode to the count."""
+    lab = Lab()
+    lab.render_and_check()
+    h = lab.rtt.labels()
+    for extra in (100, 20_000, 2_500_000, 3):
+        # Straight into the counts (observing millions of times would take seconds); the
+        # family's version moves as observe() would move it.
+        for bucket in range(0, len(h.counts), 3):
+            h.counts[bucket] += extra
+            h.count += extra
+        lab.rtt.version += 1
+        decoded = lab.render_and_check()
+        labels = tuple(sorted({"probe": "plain", "location": "lab"}.items()))
+        cumulative = [
+            dict(_fields(v))[1] for n, v in decoded["probe_message_rtt_seconds", labels] if n == 3
+        ]
+        assert cumulative == h.cumulative()[:-1]
+    assert h.cumulative()[-2] > 1 << 21
