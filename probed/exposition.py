@@ -558,6 +558,7 @@ def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
 
 
 _VERSION: Final = attrgetter("version")
+_REGISTRY_VERSION: Final = attrgetter("registry.version")
 # How many changed families a render re-renders between two chances to pause, and how many
 # versions it compares.
 _BATCH: Final = 32
@@ -604,7 +605,7 @@ class _Layout:
         return (
             epoch == self.epoch
             and probes == self.probes
-            and self.registries == [p.registry.version for p in probes]
+            and self.registries == list(map(_REGISTRY_VERSION, probes))
         )
 
     def add(self, family: Family, ctx: _Context, body: bytes) -> None:
