@@ -214,6 +214,9 @@ _DELTAS_KEY: Final = pb.key(13, pb.LENGTH_DELIMITED)
 # Deltas between neighbouring bucket counts, zigzag-encoded, for the common small ones.
 _DELTA_LIMIT: Final = 1 << 12
 _DELTAS: Final = {d: pb.varint(pb.zigzag(d)) for d in range(-_DELTA_LIMIT, _DELTA_LIMIT)}
+# Up to this many round trips since the last scrape, their deltas are patched in place; past
+# it, re-encoding them and joining all the deltas again costs less.
+_IN_PLACE_MAX: Final = 1
 
 
 def _delta(d: int) -> bytes:
@@ -273,8 +276,9 @@ class _NativeState:
         # Every field before the packed deltas' length: schema, zero bucket, spans, their key.
         self.lead = b""
         self.packed = bytearray()
-        self.offsets: list[int] = []
+        self.offsets: list[int] | None = None
         self._pack()
+        self._lead()
 
     def parts(self, zero: int) -> tuple[bytes, bytes, bytearray]:
         """The native fields, in three parts (joined into the message by the caller)."""
@@ -287,9 +291,19 @@ class _NativeState:
         indexes = self.indexes
         if len(indexes) != len(native):  # buckets that were empty until now
             self._grow(native, touched)
-            return
-        # Only counts moved (the steady state): a moved bucket's delta and the next one's.
-        deltas, packed, offsets, get = self.deltas, self.packed, self.offsets, _DELTAS.get
+        elif len(touched) <= _IN_PLACE_MAX:
+            self._patch(native, touched)
+        else:
+            self._recount(native, touched)
+            self._pack()
+
+    def _patch(self, native: dict[int, int], touched: list[int]) -> None:
+        """Only counts moved, in a bucket or two (the steady state at one round trip between
+        scrapes): each one's delta and the next one's, written over the old ones in place."""
+        indexes, deltas, packed, get = self.indexes, self.deltas, self.packed, _DELTAS.get
+        offsets = self.offsets
+        if offsets is None:
+            offsets = self.offsets = [0, *accumulate(map(len, deltas))]
         after = len(indexes) - 1
         resized = False
         for i in touched:  # repeats are harmless: the same deltas are encoded again
@@ -308,6 +322,17 @@ class _NativeState:
         if resized:
             self._pack()
 
+    def _recount(self, native: dict[int, int], moved: Iterable[int]) -> None:
+        """Re-encodes the deltas of the buckets that moved and of the bucket after each (a
+        bucket's delta is from the one before it); the caller packs them."""
+        indexes, deltas, get = self.indexes, self.deltas, _DELTAS.get
+        at = set(map(bisect_left, repeat(indexes), moved))
+        at.update(map(add, list(at), repeat(1)))
+        at.discard(len(indexes))
+        for p in at:
+            d = native[indexes[p]] - native[indexes[p - 1]] if p else native[indexes[p]]
+            deltas[p] = get(d) or pb.varint(pb.zigzag(d))
+
     def _grow(self, native: dict[int, int], touched: list[int]) -> None:
         moved = set(touched)
         indexes, deltas = self.indexes, self.deltas
@@ -317,13 +342,9 @@ class _NativeState:
                 indexes.insert(p, i)
                 deltas.insert(p, b"")  # encoded below with the other moved ones
                 self._join_run(i)
-        at = set(map(bisect_left, repeat(indexes), moved))
-        # A bucket's delta is from the bucket before it: the one after a moved one moves too.
-        at.update(map(add, list(at), repeat(1)))
-        at.discard(len(indexes))
-        for p in at:
-            deltas[p] = _delta(native[indexes[p]] - (native[indexes[p - 1]] if p else 0))
+        self._recount(native, moved)
         self._pack()
+        self._lead()
 
     def _join_run(self, i: int) -> None:
         """Adds bucket `i` (not in any run) to the runs, and re-encodes the spans it moved."""
@@ -351,10 +372,9 @@ class _NativeState:
                 spans[k] = _span(offset, lengths[k])
 
     def _pack(self) -> None:
-        deltas = self.deltas
-        self.packed = bytearray(b"".join(deltas))
-        self.offsets = [0, *accumulate(map(len, deltas))]
-        self._lead()
+        self.packed = bytearray(b"".join(self.deltas))
+        # Where each delta starts: found again only when a patch needs it.
+        self.offsets = None
 
     def _lead(self) -> None:
         # positive_delta, packed: one key and length for the lot (parsers accept packed or not).

@@ -133,12 +133,20 @@ def test_incremental_protobuf_equals_a_render_from_scratch() -> None:
     lab.messages.sent()
     lab.render_and_check()
 
-    # Two neighbouring buckets climbing by fewer than observe() lists between scrapes, so their
-    # deltas are patched in place: a delta grows past one byte (-64..63), then shrinks back.
+    # Two neighbouring buckets climbing, one round trip between scrapes (deltas patched in
+    # place), then many (re-encoded): a delta grows past one byte (-64..63), then shrinks back.
     low, high = 0.00205, 0.0021
     assert native_index(low) == native_index(high) - 1
-    for value in [high] * 5 + [low] * 5:
+    for _ in range(70):
+        lab.rtt.observe(high)
+        lab.render_and_check()
+    for value in [high] * 3 + [low] * 6:
         for _ in range(TOUCHED_MAX - 7):
+            lab.rtt.observe(value)
+        lab.render_and_check()
+    # Several known buckets moved between two scrapes, none of them new.
+    for _ in range(3):
+        for value in (0.0015, 0.0016, low, 0.004, 0.5):
             lab.rtt.observe(value)
         lab.render_and_check()
     # Far more than observe() lists (the buckets are read whole), deltas past the lookup table
