@@ -16,7 +16,10 @@ another process, their round-trip histograms given a history drawn from the roun
 daemon measures, then renders
 `--interval` seconds apart while the probes run (a larger heap, the loop's own work between).
 No measurement is withheld for loop lag there, so every probe's histogram moves between renders
-as on a quiet machine, however busy this one is.
+as on a quiet machine, however busy this one is. `--profile` works there too (every render but
+the first).
+
+    python -m tests.perf.render_cost --daemon --interval 5 --formats protobuf --profile /tmp/d.prof
 """
 
 from __future__ import annotations
@@ -213,7 +216,9 @@ async def in_daemon(
             ]
             profiler = cProfile.Profile() if profile else None
             for fmt in formats:
-                cpu, moved, size = [], [], 0
+                cpu: list[float] = []
+                moved: list[int] = []
+                size = 0
                 for _ in range(renders + 1):
                     before = [h.count for h in rtts]
                     await asyncio.sleep(interval)
