@@ -19,11 +19,11 @@ import asyncio
 import enum
 import time
 from bisect import bisect_left, bisect_right
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import accumulate, chain, compress, repeat
-from operator import add, attrgetter, ne, sub
+from operator import add, and_, attrgetter, ne, rshift, sub
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry
@@ -37,8 +37,10 @@ from probed.series import (
     NATIVE_SCHEMA,
     NATIVE_ZERO_THRESHOLD,
     Counter,
+    CounterChild,
     Family,
     Gauge,
+    GaugeChild,
     Histogram,
     HistogramChild,
     Labels,
@@ -126,19 +128,21 @@ class _Entry:
 class _FamilyCache:
     """A family's rendered series per format, valid for one (version, label epoch)."""
 
-    __slots__ = ("bucket_tails", "changing", "entries", "prefixes")
+    __slots__ = ("changing", "encoder", "entries", "prefixes", "template")
 
     def __init__(self) -> None:
-        self.bucket_tails: list[bytes] | None = None
+        self.template: list[bytes] | None = None  # protobuf, histograms: see _bucket_template
+        # protobuf, a family seen changing: (label epoch, family.shape, its encoder).
+        self.encoder: tuple[int, int, Callable[[], bytes]] | None = None
         # Per body format (text and OpenMetrics share their series lines): the rendered bytes
         # and the (version, epoch) they render. Updated in place, not replaced, so that a scrape
         # leaves no new long-lived objects behind for the collector's full passes to walk.
         self.entries: list[_Entry | None] = [None, None]
-        # epoch -> per child: text line prefixes (histograms: one per bucket) and label bytes.
+        # epoch -> per child: text line prefixes (histograms: one per bucket).
         # Kept only for families seen changing between renders (the latency histogram, message
         # counters): most families never change after their first render, and their prefixes
         # would cost more memory than the rendered bytes themselves.
-        self.prefixes: tuple[int, dict[Labels, tuple[list[str], bytes]]] = (-1, {})
+        self.prefixes: tuple[int, dict[Labels, list[str]]] = (-1, {})
         self.changing = False
 
 
@@ -149,9 +153,14 @@ def _cache(family: Family) -> _FamilyCache:
     return found
 
 
-def _prefixes(
-    family: Family, labels: Labels, ctx: _Context, cache: _FamilyCache
-) -> tuple[list[str], bytes]:
+def _own_labels(family: Family, labels: Labels, ctx: _Context) -> list[tuple[str, str]]:
+    """A series' labels: its probe's, the global ones and its own, sorted by name as
+    prometheus_client writes them (people and tests read them so)."""
+    return sorted([*ctx.pb_pairs, *zip(family.labelnames, labels, strict=True)])
+
+
+def _prefixes(family: Family, labels: Labels, ctx: _Context, cache: _FamilyCache) -> list[str]:
+    """A series' text line prefixes (histograms: one per bucket, then count and sum)."""
     epoch, table = cache.prefixes
     if epoch != ctx.epoch:
         table = {}
@@ -159,8 +168,7 @@ def _prefixes(
     found = table.get(labels)
     if found is not None:
         return found
-    # Sorted by name, as prometheus_client writes them (people and tests read them so).
-    own = sorted([*ctx.pb_pairs, *zip(family.labelnames, labels, strict=True)])
+    own = _own_labels(family, labels, ctx)
 
     def braces(pairs: list[tuple[str, str]]) -> str:
         inner = ",".join(f'{n}="{escape_label_value(v)}"' for n, v in sorted(pairs))
@@ -175,23 +183,22 @@ def _prefixes(
         lines = [f"{family.name}_total{base} "]
     else:
         lines = [f"{family.name}{base} "]
-    found = (lines, _label_pairs(own))
     if cache.changing:
-        table[labels] = found
-    return found
+        table[labels] = lines
+    return lines
 
 
 def _render_text(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
     out: list[str] = []
     if isinstance(family, Histogram):
         for labels, h in family.children():
-            lines, _ = _prefixes(family, labels, ctx, cache)
+            lines = _prefixes(family, labels, ctx, cache)
             out.extend(map(str.__add__, lines, map(str, h.cumulative())))
             out.append(lines[-2] + str(h.count))
             out.append(lines[-1] + format_value(h.sum))
     elif isinstance(family, Counter | Gauge):
         for labels, child in family.children():
-            lines, _ = _prefixes(family, labels, ctx, cache)
+            lines = _prefixes(family, labels, ctx, cache)
             out.append(lines[0] + format_value(child.value))
     return ("\n".join(out) + "\n").encode() if out else b""
 
@@ -207,6 +214,9 @@ _DELTAS_KEY: Final = pb.key(13, pb.LENGTH_DELIMITED)
 # Deltas between neighbouring bucket counts, zigzag-encoded, for the common small ones.
 _DELTA_LIMIT: Final = 1 << 12
 _DELTAS: Final = {d: pb.varint(pb.zigzag(d)) for d in range(-_DELTA_LIMIT, _DELTA_LIMIT)}
+# Up to this many round trips since the last scrape, their deltas are patched in place; past
+# it, re-encoding them and joining all the deltas again costs less.
+_IN_PLACE_MAX: Final = 1
 
 
 def _delta(d: int) -> bytes:
@@ -235,12 +245,24 @@ class _NativeState:
     Between two scrapes a probe records a few round trips, which move a few of its 100-odd
     buckets: the delta of a moved bucket and of the one after it are encoded again, and a bucket
     seen for the first time changes the run (positive_span) it joins and the offset of the run
-    after it; the rest is kept.
+    after it; the rest is kept. The packed deltas are kept joined, with where each one starts: a
+    delta re-encoded to as many bytes as before (nearly all of them: small deltas take one byte)
+    is written over the old one in place, instead of joining 200 deltas again.
     """
 
-    __slots__ = ("deltas", "fields", "firsts", "indexes", "lengths", "spans")
+    __slots__ = (
+        "deltas",
+        "firsts",
+        "indexes",
+        "lead",
+        "lengths",
+        "offsets",
+        "packed",
+        "spans",
+        "zero",
+    )
 
-    def __init__(self, native: dict[int, int]) -> None:
+    def __init__(self, native: dict[int, int], zero: int) -> None:
         self.indexes = sorted(native)
         counts = list(map(native.__getitem__, self.indexes))
         self.deltas = [_delta(d) for d in map(sub, counts, chain((0,), counts))]
@@ -250,28 +272,79 @@ class _NativeState:
         ends = map(add, self.firsts, self.lengths)
         offsets = [self.firsts[0], *map(sub, self.firsts[1:], ends)]
         self.spans = list(map(_span, offsets, self.lengths))
-        self.fields = b""
+        self.zero = zero
+        # Every field before the packed deltas' length: schema, zero bucket, spans, their key.
+        self.lead = b""
+        self.packed = bytearray()
+        self.offsets: list[int] | None = None
         self._pack()
+        self._lead()
+
+    def parts(self, zero: int) -> tuple[bytes, bytes, bytearray]:
+        """The native fields, in three parts (joined into the message by the caller)."""
+        if zero != self.zero:
+            self.zero = zero
+            self._lead()
+        return self.lead, pb.varint(len(self.packed)), self.packed
 
     def update(self, native: dict[int, int], touched: list[int]) -> None:
-        moved = set(touched)
-        indexes, deltas = self.indexes, self.deltas
+        indexes = self.indexes
         if len(indexes) != len(native):  # buckets that were empty until now
-            for i in sorted(moved):
-                p = bisect_left(indexes, i)
-                if p == len(indexes) or indexes[p] != i:
-                    indexes.insert(p, i)
-                    deltas.insert(p, b"")  # encoded below with the other moved ones
-                    self._join_run(i)
+            self._grow(native, touched)
+        elif len(touched) <= _IN_PLACE_MAX:
+            self._patch(native, touched)
+        else:
+            self._recount(native, touched)
+            self._pack()
+
+    def _patch(self, native: dict[int, int], touched: list[int]) -> None:
+        """Only counts moved, in a bucket or two (the steady state at one round trip between
+        scrapes): each one's delta and the next one's, written over the old ones in place."""
+        indexes, deltas, packed, get = self.indexes, self.deltas, self.packed, _DELTAS.get
+        offsets = self.offsets
+        if offsets is None:
+            offsets = self.offsets = [0, *accumulate(map(len, deltas))]
+        after = len(indexes) - 1
+        resized = False
+        for i in touched:  # repeats are harmless: the same deltas are encoded again
+            p = bisect_left(indexes, i)
+            for q in (p, p + 1) if p < after else (p,):
+                d = native[indexes[q]] - native[indexes[q - 1]] if q else native[indexes[q]]
+                new = get(d) or pb.varint(pb.zigzag(d))
+                old = deltas[q]
+                if new is not old:
+                    deltas[q] = new
+                    if len(new) == len(old):
+                        at = offsets[q]
+                        packed[at : at + len(new)] = new
+                    else:
+                        resized = True
+        if resized:
+            self._pack()
+
+    def _recount(self, native: dict[int, int], moved: Iterable[int]) -> None:
+        """Re-encodes the deltas of the buckets that moved and of the bucket after each (a
+        bucket's delta is from the one before it); the caller packs them."""
+        indexes, deltas, get = self.indexes, self.deltas, _DELTAS.get
         at = set(map(bisect_left, repeat(indexes), moved))
-        # A bucket's delta is from the bucket before it: the one after a moved one moves too.
         at.update(map(add, list(at), repeat(1)))
         at.discard(len(indexes))
-        get = _DELTAS.get
         for p in at:
-            d = native[indexes[p]] - (native[indexes[p - 1]] if p else 0)
+            d = native[indexes[p]] - native[indexes[p - 1]] if p else native[indexes[p]]
             deltas[p] = get(d) or pb.varint(pb.zigzag(d))
+
+    def _grow(self, native: dict[int, int], touched: list[int]) -> None:
+        moved = set(touched)
+        indexes, deltas = self.indexes, self.deltas
+        for i in sorted(moved):
+            p = bisect_left(indexes, i)
+            if p == len(indexes) or indexes[p] != i:
+                indexes.insert(p, i)
+                deltas.insert(p, b"")  # encoded below with the other moved ones
+                self._join_run(i)
+        self._recount(native, moved)
         self._pack()
+        self._lead()
 
     def _join_run(self, i: int) -> None:
         """Adds bucket `i` (not in any run) to the runs, and re-encodes the spans it moved."""
@@ -299,42 +372,48 @@ class _NativeState:
                 spans[k] = _span(offset, lengths[k])
 
     def _pack(self) -> None:
-        packed = b"".join(self.deltas)
+        self.packed = bytearray(b"".join(self.deltas))
+        # Where each delta starts: found again only when a patch needs it.
+        self.offsets = None
+
+    def _lead(self) -> None:
         # positive_delta, packed: one key and length for the lot (parsers accept packed or not).
-        self.fields = b"".join((*self.spans, _DELTAS_KEY, pb.varint(len(packed)), packed))
+        zero = pb.uint_field(7, self.zero)
+        self.lead = b"".join((_NATIVE_HEAD, zero, *self.spans, _DELTAS_KEY))
 
 
-def _native_fields(h: HistogramChild) -> bytes:
+def _native_parts(h: HistogramChild) -> tuple[bytes, bytes, bytes | bytearray]:
+    """The child's native histogram fields in three parts, re-encoding what moved."""
     native = h.native
     assert native is not None
-    zero = pb.uint_field(7, h.zero)
     touched = h.touched
     if touched is None:
         h.touched = []  # from now on observe() lists what it moves
     if not native:
-        return _NATIVE_HEAD + zero + _NO_SPANS
+        return _NATIVE_HEAD + pb.uint_field(7, h.zero) + _NO_SPANS, b"", b""
     state: _NativeState | None = h.encoded
     if state is None or touched is None:
-        state = h.encoded = _NativeState(native)
+        state = h.encoded = _NativeState(native, h.zero)
     elif touched:
         state.update(native, touched)
-    if touched:
         # The same list again: a scrape leaves no new objects for the collector to walk.
         touched.clear()
-    return _NATIVE_HEAD + zero + state.fields
+    return state.parts(h.zero)
 
 
 def _bucket_template(family: Histogram, cache: _FamilyCache) -> list[bytes]:
-    """The classic buckets' parts, three per bucket, with each upper bound's field in place.
+    """A histogram message's parts, with each classic bucket's upper bound in place.
 
-    The upper_bound field of each classic bucket never changes: encoded once per family; a
-    render fills in the heads and counts (slice assignments, in C).
+    [count and sum, bucket 1 head and count, bucket 1 upper bound, ..., three native parts]:
+    the upper_bound field of each classic bucket never changes, so it is encoded once per
+    family; a render fills in the rest (the counts by one slice assignment, in C).
     """
-    if cache.bucket_tails is None:
-        template = [b""] * (3 * len(family.bounds))
-        template[2::3] = [pb.double_field(2, b) for b in family.bounds]
-        cache.bucket_tails = template
-    return cache.bucket_tails
+    if cache.template is None:
+        n = len(family.bounds)
+        template = [b""] * (2 * n + (4 if family.native else 1))
+        template[2 : 2 * n + 1 : 2] = [pb.double_field(2, b) for b in family.bounds]
+        cache.template = template
+    return cache.template
 
 
 # Bucket {cumulative_count = 1, upper_bound = 2}: its key and length, and the count's key, by the
@@ -344,17 +423,60 @@ _BUCKET_HEADS: Final = [
 ]
 
 
-def _histogram_message(family: Histogram, h: HistogramChild, cache: _FamilyCache) -> bytes:
+def _bucket_piece(count: int) -> bytes:
+    """A classic bucket's head and cumulative count (its upper bound follows)."""
+    encoded = pb.varint(count)
+    return _BUCKET_HEADS[len(encoded)] + encoded
+
+
+# _bucket_piece(n) at n, for the counts seen so far below 2^14: grown as counts grow, so that no
+# render step builds more than a few milliseconds of it and a daemon keeps only what it uses.
+_PIECES: Final[list[bytes]] = []
+_SMALL: Final = 1 << 14
+_LARGE: Final = 1 << 21
+
+
+@cache
+def _large_pieces() -> tuple[list[bytes], list[bytes]]:
+    """For counts in [2^14, 2^21) (a histogram that ran for hours), whose varint takes three
+    bytes: the bucket head and the first two bytes by n mod 2^14, the third byte by n >> 14."""
+    low = [_BUCKET_HEADS[3] + bytes((x & 0x7F | 0x80, x >> 7 | 0x80)) for x in range(_SMALL)]
+    return low, [bytes((h,)) for h in range(_LARGE // _SMALL)]
+
+
+def _classic_pieces(cumulative: list[int]) -> list[bytes]:
+    """_bucket_piece() of each cumulative count, looked up in C, not encoded one by one."""
+    top = cumulative[-1] if cumulative else 0  # counts only go up the buckets
+    if top >= len(_PIECES) and len(_PIECES) < _SMALL:
+        _PIECES.extend(map(_bucket_piece, range(len(_PIECES), min(top + 1, _SMALL))))
+    if top < _SMALL:
+        return list(map(_PIECES.__getitem__, cumulative))
+    if top >= _LARGE:
+        return list(map(_bucket_piece, cumulative))
+    split = bisect_left(cumulative, _SMALL)
+    large = cumulative[split:]
+    low, high = _large_pieces()
+    return [
+        *map(_PIECES.__getitem__, cumulative[:split]),
+        *map(
+            add,
+            map(low.__getitem__, map(and_, large, repeat(_SMALL - 1))),
+            map(high.__getitem__, map(rshift, large, repeat(14))),
+        ),
+    ]
+
+
+def _histogram_message(h: HistogramChild, template: list[bytes]) -> bytes:
     cumulative = list(accumulate(h.counts))
     cumulative.pop()  # +Inf: the message's sample_count
-    counts = pb.varints(cumulative)
-    parts = _bucket_template(family, cache).copy()
-    parts[0::3] = list(map(_BUCKET_HEADS.__getitem__, map(len, counts)))
-    parts[1::3] = counts
-    head = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
-    parts.insert(0, head)
-    if h.native is not None:
-        parts.append(_native_fields(h))
+    pieces = _classic_pieces(cumulative)
+    parts: list[bytes | bytearray] = list(template)
+    parts[0] = _COUNT_KEY + pb.varint(h.count) + _SUM_KEY + pb.pack_double(h.sum)
+    if h.native is None:
+        parts[1::2] = pieces
+    else:
+        parts[1:-3:2] = pieces
+        parts[-3:] = _native_parts(h)
     return b"".join(parts)
 
 
@@ -367,25 +489,72 @@ _VALUE_HEADS: Final = {
     field: pb.key(field, pb.LENGTH_DELIMITED) + pb.varint(9) + pb.key(1, pb.FIXED64)
     for field in (2, 3)
 }
+_VALUE: Final = attrgetter("value")
+
+Encoder = Callable[[], bytes]
+
+
+def _protobuf_encoder(family: Family, ctx: _Context, cache: _FamilyCache) -> Encoder:
+    """What renders the family's metrics now and, while its children stay, at later scrapes.
+
+    Each child's labels are encoded once, beside the child; a render reads the children's
+    current values. A family seen changing keeps its encoder (one per label epoch and set of
+    children); others render once and keep only the bytes.
+    """
+    varint = pb.varint
+    if isinstance(family, Histogram):
+        # Per child: its labels and the histogram field's key, and the child.
+        items = [
+            (_label_pairs(_own_labels(family, labels, ctx)) + _HISTOGRAM_KEY, h)
+            for labels, h in family.children()
+        ]
+        template = _bucket_template(family, cache)
+        if len(items) == 1:  # the latency histogram of a probe without roles
+            ((head, only),) = items
+
+            def histogram() -> bytes:
+                message = _histogram_message(only, template)
+                size = varint(len(message))
+                inner = varint(len(head) + len(size) + len(message))
+                return b"".join((_METRIC_KEY, inner, head, size, message))
+
+            return histogram
+
+        def histograms() -> bytes:
+            out: list[bytes] = []
+            for head, h in items:
+                message = _histogram_message(h, template)
+                size = varint(len(message))
+                inner = varint(len(head) + len(size) + len(message))
+                out += (_METRIC_KEY, inner, head, size, message)
+            return b"".join(out)
+
+        return histograms
+    if isinstance(family, Counter | Gauge):
+        value_head = _VALUE_HEADS[3 if isinstance(family, Counter) else 2]
+        heads: list[bytes] = []
+        children: list[CounterChild | GaugeChild] = []
+        for labels, child in family.children():
+            pairs = _label_pairs(_own_labels(family, labels, ctx))
+            heads.append(_METRIC_KEY + varint(len(pairs) + 11) + pairs + value_head)
+            children.append(child)
+        pack = pb.pack_double
+        if len(children) == 1:
+            (first,), (series,) = heads, children
+            return lambda: first + pack(series.value)
+        # Every series in C: the values read, packed, and put after their heads.
+        return lambda: b"".join(map(add, heads, map(pack, map(_VALUE, children))))
+    return bytes
 
 
 def _render_protobuf(family: Family, ctx: _Context, cache: _FamilyCache) -> bytes:
-    out: list[bytes] = []
-    varint = pb.varint
-    if isinstance(family, Histogram):
-        for labels, h in family.children():
-            _, pairs = _prefixes(family, labels, ctx, cache)
-            message = _histogram_message(family, h, cache)
-            size = len(message)
-            inner = len(pairs) + len(_HISTOGRAM_KEY) + len(varint(size)) + size
-            out += (_METRIC_KEY, varint(inner), pairs, _HISTOGRAM_KEY, varint(size), message)
-    elif isinstance(family, Counter | Gauge):
-        value_head = _VALUE_HEADS[3 if isinstance(family, Counter) else 2]
-        pack = pb.pack_double
-        for labels, child in family.children():
-            _, pairs = _prefixes(family, labels, ctx, cache)
-            out += (_METRIC_KEY, varint(len(pairs) + 11), pairs, value_head, pack(child.value))
-    return b"".join(out)
+    kept = cache.encoder
+    if kept is not None and kept[0] == ctx.epoch and kept[1] == family.shape:
+        return kept[2]()
+    encoder = _protobuf_encoder(family, ctx, cache)
+    if cache.changing:
+        cache.encoder = (ctx.epoch, family.shape, encoder)
+    return encoder()
 
 
 def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
@@ -409,6 +578,7 @@ def _rendered(family: Family, fmt: Format, ctx: _Context) -> bytes:
 
 
 _VERSION: Final = attrgetter("version")
+_REGISTRY_VERSION: Final = attrgetter("registry.version")
 # How many changed families a render re-renders between two chances to pause, and how many
 # versions it compares.
 _BATCH: Final = 32
@@ -455,7 +625,7 @@ class _Layout:
         return (
             epoch == self.epoch
             and probes == self.probes
-            and self.registries == [p.registry.version for p in probes]
+            and self.registries == list(map(_REGISTRY_VERSION, probes))
         )
 
     def add(self, family: Family, ctx: _Context, body: bytes) -> None:
@@ -473,14 +643,28 @@ class _Layout:
     def refresh(self, fmt: Format) -> Generator[None, None, None]:
         """Renders again the families whose version moved since their body was rendered."""
         families, versions, where, rows = self.families, self.versions, self.where, self.rows
+        contexts, epoch, protobuf = self.contexts, self.epoch, fmt is Format.PROTOBUF
         # In blocks, with a pause between: comparing 20,000 versions takes a few milliseconds.
         for start in range(0, len(families), _SCAN):
             stop = start + _SCAN
             now = map(_VERSION, families[start:stop])
             moved = list(compress(range(start, stop), map(ne, now, versions[start:stop])))
             for n, i in enumerate(moved, 1):
-                version = families[i].version
-                where[i][rows[i]] = _rendered(families[i], fmt, self.contexts[i])
+                family = families[i]
+                version = family.version
+                cache: _FamilyCache | None = family.rendered
+                kept = cache.encoder if protobuf and cache is not None else None
+                if kept is not None and kept[0] == epoch and kept[1] == family.shape:
+                    # What _rendered() would do, without its checks: a family seen changing,
+                    # its encoder made for this label epoch and these children.
+                    assert cache is not None
+                    body = kept[2]()
+                    entry = cache.entries[1]
+                    if entry is not None:
+                        entry.version, entry.epoch, entry.body = version, epoch, body
+                else:
+                    body = _rendered(family, fmt, contexts[i])
+                where[i][rows[i]] = body
                 versions[i] = version
                 if n % _BATCH == 0:
                     yield
@@ -703,12 +887,13 @@ class Exposition(Collector):
         # Snapshot: probes come and go while a sliced render waits for its next turn.
         probes = list(self._probes.values())
         extra, epoch = dict(self._labels), self._epoch
-        live = {p.name for p in probes}
-        for name in [n for n in self._contexts if n not in live]:
-            self._contexts.pop(name, None)
         slot = _body_slot(fmt)
         layout = self._layouts[slot]
         if layout is None or not layout.fits(probes, epoch):
+            # Only when probes came or went (or labels changed) can contexts have gone stale.
+            live = {p.name for p in probes}
+            for name in [n for n in self._contexts if n not in live]:
+                self._contexts.pop(name, None)
             layout = yield from self._lay_out(probes, fmt, extra, epoch)
             # Installed whole: a render that started on the previous layout keeps that one.
             self._layouts[slot] = layout

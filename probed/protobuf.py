@@ -36,14 +36,6 @@ def varint(n: int) -> bytes:
     return _encode(n)
 
 
-def varints(values: list[int]) -> list[bytes]:
-    """varint() of each of `values` (none negative), looked up in C while they are small."""
-    try:
-        return list(map(_SMALL.__getitem__, values))
-    except IndexError:
-        return list(map(varint, values))
-
-
 def zigzag(n: int) -> int:
     return (n << 1) ^ (n >> 63)
 

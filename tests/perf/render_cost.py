@@ -16,7 +16,10 @@ another process, their round-trip histograms given a history drawn from the roun
 daemon measures, then renders
 `--interval` seconds apart while the probes run (a larger heap, the loop's own work between).
 No measurement is withheld for loop lag there, so every probe's histogram moves between renders
-as on a quiet machine, however busy this one is.
+as on a quiet machine, however busy this one is. `--profile` works there too (every render but
+the first).
+
+    python -m tests.perf.render_cost --daemon --interval 5 --formats protobuf --profile /tmp/d.prof
 """
 
 from __future__ import annotations
@@ -154,7 +157,13 @@ ACCEPT = {
 
 
 async def in_daemon(
-    count: int, renders: int, *, interval: float, history: int, formats: list[Format]
+    count: int,
+    renders: int,
+    *,
+    interval: float,
+    history: int,
+    formats: list[Format],
+    profile: Path | None = None,
 ) -> None:
     # Imported here: the exposition-only mode needs no daemon.
     from probed import logs
@@ -205,15 +214,22 @@ async def in_daemon(
                 if family.name == "probe_message_rtt_seconds" and isinstance(family, Histogram)
                 for _, child in family.children()
             ]
+            profiler = cProfile.Profile() if profile else None
             for fmt in formats:
-                cpu, moved, size = [], [], 0
+                cpu: list[float] = []
+                moved: list[int] = []
+                size = 0
                 for _ in range(renders + 1):
                     before = [h.count for h in rtts]
                     await asyncio.sleep(interval)
                     # Measurements taken while the loop lagged are withheld: not every probe's
                     # histogram moves each second on a busy machine.
                     moved.append(sum(h.count != n for h, n in zip(rtts, before, strict=True)))
+                    if profiler is not None and cpu:
+                        profiler.enable()
                     ms, size = render_cpu_ms(daemon, ACCEPT[fmt])
+                    if profiler is not None:
+                        profiler.disable()
                     cpu.append(ms)
                 steady = cpu[1:]  # the first render fills the caches
                 print(
@@ -221,6 +237,8 @@ async def in_daemon(
                     f" max {max(steady):.1f} ms, {size / 1e6:.1f} MB,"
                     f" histograms moved between renders: {statistics.median(moved[1:]):.0f}"
                 )
+            if profiler is not None and profile is not None:
+                profiler.dump_stats(profile)
             daemon.stop()
             await run
     finally:
@@ -254,6 +272,7 @@ if __name__ == "__main__":
                 interval=args.interval,
                 history=args.history,
                 formats=formats,
+                profile=args.profile,
             )
         )
         raise SystemExit(0)
