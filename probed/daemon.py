@@ -118,7 +118,9 @@ class Daemon:
                 await self._install(self.config)
                 gcpolicy.installed()
                 settle = max((p.stagger for p in self.config.probes), default=0.0) + 2.0
-                frozen = tg.create_task(gcpolicy.freeze_when_settled(settle))
+                frozen = tg.create_task(
+                    gcpolicy.freeze_when_settled(settle, probes=len(self._running))
+                )
                 self.ready.set()
                 sd_notify("READY=1")
                 feeder = tg.create_task(watchdog.feed(sd_notify, self.status_line))

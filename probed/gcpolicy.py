@@ -46,14 +46,23 @@ SETTLING_S: Final = 30.0
 # taint the measurements it overlaps), where a fleet of thousands freezes every second.
 STARTING_FREEZE_S: Final = 1.0
 STARTING_FREEZE_MIN_OBJECTS: Final = 100_000
-# Once settled: a young collection after 50,000 net new container objects, not CPython's 700.
-# A held fleet's messages in flight are young objects that die within a round trip; with the
-# default threshold the collector walked them again and again, and promoted them into older
-# generations that full passes then walked: at 10,000 sessions, 1,841 passes took 4.8 s of every
-# 20 (the longest 212 ms), a quarter of probed's CPU. At 10,000 net new objects: 92 passes,
-# 2.3 s; at 50,000: 2 passes, 0.18 s. Cyclic garbage still adds to the count, so it is still
-# collected; the hourly refreeze is unchanged.
-STEADY_THRESHOLDS: Final = (50_000, 10, 10)
+# Once settled: a young collection after a number of net new container objects that grows with
+# the fleet, from CPython's 700 up to 50,000 at 10,000 probes. A held fleet's messages in flight
+# are young objects that die within a round trip; with the default threshold the collector
+# walked them again and again, and promoted them into older generations that full passes then
+# walked: at 10,000 sessions, 1,841 passes took 4.8 s of every 20 (the longest 212 ms), a
+# quarter of probed's CPU; at 50,000: 2 passes, 0.18 s. But a pass is as long as its threshold
+# is large, and a small fleet has no such traffic: at 50,000 a two-probe daemon paused long
+# enough, now and then, to taint its round trips until ProbedMeasurementsTainted fired and held
+# its SLO pages back (the alerting end-to-end test). Cyclic garbage still adds to the count, so
+# it is still collected; the hourly refreeze is unchanged.
+_YOUNG_PER_PROBE: Final = 5
+_YOUNG_RANGE: Final = (700, 50_000)
+
+
+def steady_thresholds(probes: int) -> tuple[int, int, int]:
+    low, high = _YOUNG_RANGE
+    return (min(high, max(low, _YOUNG_PER_PROBE * probes)), 10, 10)
 
 
 def refreeze() -> float:
@@ -115,10 +124,12 @@ def freeze_young() -> float:
     return time.perf_counter() - start
 
 
-async def freeze_when_settled(settle_s: float, every_s: float = REFREEZE_S) -> None:
+async def freeze_when_settled(
+    settle_s: float, probes: int = 0, every_s: float = REFREEZE_S
+) -> None:
     """Freeze the young survivors every second until `settle_s` (the probes' start stagger and
     first dials) plus `SETTLING_S` have passed; then turn automatic collection back on with
-    `STEADY_THRESHOLDS` (the previous thresholds come back when this ends), and collect fully
+    `steady_thresholds(probes)` (the previous ones come back when this ends), and collect fully
     and refreeze every `every_s`.
 
     No full collection runs while the fleet starts: at 10,000 sessions one takes seconds.
@@ -150,7 +161,7 @@ async def freeze_when_settled(settle_s: float, every_s: float = REFREEZE_S) -> N
         gc.enable()
     log.info("heap frozen", objects=gc.get_freeze_count())
     thresholds = gc.get_threshold()
-    gc.set_threshold(*STEADY_THRESHOLDS)
+    gc.set_threshold(*steady_thresholds(probes))
     try:
         while True:
             await asyncio.sleep(every_s)

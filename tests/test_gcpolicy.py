@@ -86,3 +86,11 @@ def test_a_reload_allocates_without_collections_and_freezes_what_it_kept() -> No
         gc.callbacks.remove(count)
         gc.enable()
         gc.unfreeze()
+
+
+def test_the_young_threshold_grows_with_the_fleet_and_no_further() -> None:
+    # A small daemon keeps CPython's short young passes: a long one taints its measurements.
+    assert gcpolicy.steady_thresholds(2)[0] == 700
+    assert gcpolicy.steady_thresholds(1_000)[0] == 5_000
+    assert gcpolicy.steady_thresholds(10_000)[0] == 50_000
+    assert gcpolicy.steady_thresholds(100_000)[0] == 50_000

@@ -136,9 +136,10 @@ async def test_settled_fleets_collect_young_objects_less_often_until_stopped(
     before = gc.get_threshold()
     try:
         gcpolicy.starting()
-        task = asyncio.create_task(gcpolicy.freeze_when_settled(0.05))
+        task = asyncio.create_task(gcpolicy.freeze_when_settled(0.05, probes=10_000))
         await wait_until(gc.isenabled, what="automatic collection back after settling")
-        await wait_until(lambda: gc.get_threshold() == gcpolicy.STEADY_THRESHOLDS, what="steady")
+        steady = (50_000, 10, 10)
+        await wait_until(lambda: gc.get_threshold() == steady, what="steady")
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert gc.get_threshold() == before, "whoever embeds the daemon gets its thresholds back"
