@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -35,6 +36,19 @@ _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
 # A probe that ran this long before crashing starts its restart backoff afresh.
 _RESTART_RESET_AFTER = 60.0
+
+
+def reuse_unchanged(config: Config, running: Mapping[str, ProbeConfig]) -> Config:
+    """`config`, with every probe that did not change replaced by the running probe's own config.
+
+    For the thread that parses a reload: the loop then finds the kept probes by identity. Compared
+    field by field there, 1,000 unchanged probes held the loop for 3-6 ms of the reload.
+    """
+    probes = [
+        kept if (kept := running.get(p.name)) is not None and kept == p else p
+        for p in config.probes
+    ]
+    return config.model_copy(update={"probes": probes})
 
 
 class ApplyFailed(Exception):
@@ -222,12 +236,15 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         ok = False
         try:
+            running = self.running_configs()
             with gcpolicy.held_off():
                 try:
                     # Reading and validating a large config is CPU work: off the loop, so that
                     # it neither stalls sessions nor taints their measurements.
                     self.reloads += 1
-                    config = await in_thread(load_config, self._path)
+                    config = await in_thread(
+                        lambda path: reuse_unchanged(load_config(path), running), self._path
+                    )
                     if not self.ready.is_set():
                         return self._refuse_reload("probed is stopping")
                 except ConfigError as exc:
@@ -283,7 +300,7 @@ class Daemon:
                 changes["stopped"].append(name)
         for name, cfg in wanted.items():
             current = self._running.get(name)
-            if current is not None and current[0] == cfg:
+            if current is not None and (current[0] is cfg or current[0] == cfg):
                 changes["kept"].append(name)
                 continue
             if current is not None:
@@ -294,6 +311,9 @@ class Daemon:
             self._start_probe(cfg)
         self.config = config
         return changes
+
+    def running_configs(self) -> dict[str, ProbeConfig]:
+        return {name: cfg for name, (cfg, _task) in self._running.items()}
 
     def _apply_global(self, config: Config) -> None:
         g = config.global_

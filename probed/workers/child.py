@@ -26,7 +26,7 @@ from aiohttp import web
 
 from probed import gcpolicy, logs
 from probed.config import Config
-from probed.daemon import Daemon
+from probed.daemon import Daemon, reuse_unchanged
 from probed.http import HttpServer, make_app
 from probed.httpguard import ConnectionGuard, HttpLimits
 from probed.offloop import in_thread
@@ -88,7 +88,10 @@ class WorkerDaemon(Daemon):
         data = await request.content.read()
         # Unpickling a thousand probes' configs is CPU work: off the loop, like a reload's read.
         with gcpolicy.held_off():
-            config = await in_thread(load_config_bytes, data)
+            running = self.running_configs()
+            config = await in_thread(
+                lambda raw: reuse_unchanged(load_config_bytes(raw), running), data
+            )
             if not self.ready.is_set():
                 return web.json_response({"ok": False, "why": "worker is starting or stopping"})
             changes = self._apply(config)
