@@ -1,15 +1,18 @@
 """A reader for the delimited protobuf exposition, written apart from probed's own code.
 
 Decodes just what the tests look at (metrics.proto of prometheus/client_model): each family's
-name and type, and each metric's labels and whether it carries a native histogram.
+name and type, and each metric's labels and whether it carries a native histogram. `fields`,
+`varint` and `signed` are the wire-format pieces, for tests that read values too.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = data[pos]
@@ -20,27 +23,29 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _fields(data: bytes) -> list[tuple[int, int | bytes]]:
-    """(field number, value) with length-delimited values as bytes and fixed ones skipped."""
-    out: list[tuple[int, int | bytes]] = []
+def signed(n: int) -> int:
+    """The zigzag-decoded value of a sint64 field."""
+    return (n >> 1) ^ -(n & 1)
+
+
+def fields(data: bytes) -> list[tuple[int, Any]]:
+    """(field number, value) of one message: ints, doubles as floats, nested bytes as bytes."""
+    out: list[tuple[int, Any]] = []
     pos = 0
     while pos < len(data):
-        key, pos = _varint(data, pos)
+        key, pos = varint(data, pos)
         number, wire = key >> 3, key & 7
+        value: Any
         if wire == 0:
-            value, pos = _varint(data, pos)
-            out.append((number, value))
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            out.append((number, data[pos : pos + length]))
-            pos += length
+            value, pos = varint(data, pos)
         elif wire == 1:
-            out.append((number, data[pos : pos + 8]))
-            pos += 8
-        elif wire == 5:
-            pos += 4
+            value, pos = struct.unpack_from("<d", data, pos)[0], pos + 8
+        elif wire == 2:
+            length, pos = varint(data, pos)
+            value, pos = data[pos : pos + length], pos + length
         else:
             raise ValueError(f"wire type {wire}")
+        out.append((number, value))
     assert pos == len(data), "a field ran past its message"
     return out
 
@@ -62,12 +67,12 @@ def read_delimited(body: bytes) -> list[MetricFamily]:
     families = []
     pos = 0
     while pos < len(body):
-        length, pos = _varint(body, pos)
+        length, pos = varint(body, pos)
         message = body[pos : pos + length]
         assert len(message) == length, "truncated family"
         pos += length
         family = MetricFamily()
-        for number, value in _fields(message):
+        for number, value in fields(message):
             if number == 1 and isinstance(value, bytes):
                 family.name = value.decode()
             elif number == 3 and isinstance(value, int):
@@ -80,12 +85,12 @@ def read_delimited(body: bytes) -> list[MetricFamily]:
 
 def _metric(data: bytes) -> Metric:
     metric = Metric({})
-    for number, value in _fields(data):
+    for number, value in fields(data):
         if number == 1 and isinstance(value, bytes):
-            pair = dict(_fields(value))
+            pair = dict(fields(value))
             name, text = pair[1], pair.get(2, b"")
             assert isinstance(name, bytes) and isinstance(text, bytes)
             metric.labels[name.decode()] = text.decode()
         elif number == 7 and isinstance(value, bytes):
-            metric.native = any(n == 5 for n, _ in _fields(value))
+            metric.native = any(n == 5 for n, _ in fields(value))
     return metric

@@ -23,7 +23,8 @@ from probed.series import (
     HistogramChild,
     native_index,
 )
-from tests.test_exposition_incremental import _fields, _native_buckets, decode
+from tests import protobuf_reader as pb
+from tests.test_exposition_incremental import _native_buckets, decode
 
 Decoded = dict[tuple[str, tuple[tuple[str, str], ...]], list[tuple[int, Any]]]
 
@@ -99,7 +100,7 @@ class Lab:
                     if isinstance(child, HistogramChild):
                         assert fields[1] == child.count
                         assert fields[2] == child.sum
-                        classic = [dict(_fields(v))[1] for n, v in series if n == 3]
+                        classic = [dict(pb.fields(v))[1] for n, v in series if n == 3]
                         assert classic == child.cumulative()[:-1]
                         if child.native is not None:
                             assert _native_buckets(series) == child.native
@@ -212,7 +213,7 @@ def test_classic_counts_of_any_size_decode_back() -> None:
         decoded = lab.render_and_check()
         labels = tuple(sorted({"probe": "plain", "location": "lab"}.items()))
         cumulative = [
-            dict(_fields(v))[1] for n, v in decoded["probe_message_rtt_seconds", labels] if n == 3
+            dict(pb.fields(v))[1] for n, v in decoded["probe_message_rtt_seconds", labels] if n == 3
         ]
         assert cumulative == h.cumulative()[:-1]
     assert h.cumulative()[-2] > 1 << 21

@@ -12,7 +12,6 @@ metrics.proto, not by the encoder) and their native buckets checked against the 
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,62 +22,27 @@ from probed.exposition import Format
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.probes.messages import MessageMetrics
 from probed.series import Histogram
+from tests import protobuf_reader as pb
 
-# -- a reader for the delimited io.prometheus.client.MetricFamily stream ----------------------
-
-
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
-
-
-def _signed(n: int) -> int:
-    return (n >> 1) ^ -(n & 1)
-
-
-def _fields(data: bytes) -> list[tuple[int, Any]]:
-    """(field number, value) of one message: ints, doubles as floats, nested bytes as bytes."""
-    out: list[tuple[int, Any]] = []
-    at = 0
-    while at < len(data):
-        key, at = _varint(data, at)
-        number, wire = key >> 3, key & 7
-        value: Any
-        if wire == 0:
-            value, at = _varint(data, at)
-        elif wire == 1:
-            value, at = struct.unpack_from("<d", data, at)[0], at + 8
-        elif wire == 2:
-            size, at = _varint(data, at)
-            value, at = data[at : at + size], at + size
-        else:
-            raise AssertionError(f"wire type {wire}")
-        out.append((number, value))
-    return out
+# -- reading the delimited io.prometheus.client.MetricFamily stream (tests/protobuf_reader.py) --
 
 
 def _native_buckets(histogram: list[tuple[int, Any]]) -> dict[int, int]:
-    spans = [dict(_fields(v)) for n, v in histogram if n == 12]
+    spans = [dict(pb.fields(v)) for n, v in histogram if n == 12]
     deltas: list[int] = []
     for n, v in histogram:
         if n == 13:  # packed (bytes) or one varint per field
             if isinstance(v, bytes):
                 at = 0
                 while at < len(v):
-                    raw, at = _varint(v, at)
-                    deltas.append(_signed(raw))
+                    raw, at = pb.varint(v, at)
+                    deltas.append(pb.signed(raw))
             else:
-                deltas.append(_signed(v))
+                deltas.append(pb.signed(v))
     buckets: dict[int, int] = {}
     index, count, k = 0, 0, 0
     for span in spans:
-        index += _signed(span.get(1, 0))
+        index += pb.signed(span.get(1, 0))
         for _ in range(span.get(2, 0)):
             count += deltas[k]
             k += 1
@@ -93,21 +57,21 @@ def decode(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], list[tu
     out = {}
     at = 0
     while at < len(body):
-        size, at = _varint(body, at)
-        family = _fields(body[at : at + size])
+        size, at = pb.varint(body, at)
+        family = pb.fields(body[at : at + size])
         at += size
         name = next(v for n, v in family if n == 1).decode()
         for n, metric in family:
             if n != 4:
                 continue
-            fields = _fields(metric)
+            fields = pb.fields(metric)
             labels = tuple(
                 sorted(
                     (d[1].decode(), d[2].decode())
-                    for d in (dict(_fields(v)) for k, v in fields if k == 1)
+                    for d in (dict(pb.fields(v)) for k, v in fields if k == 1)
                 )
             )
-            (value,) = [_fields(v) for k, v in fields if k in (2, 3, 5, 7)]
+            (value,) = [pb.fields(v) for k, v in fields if k in (2, 3, 5, 7)]
             out[name, labels] = value
     return out
 
@@ -245,7 +209,7 @@ def check_native(world: World, body: bytes) -> None:
         assert _native_buckets(fields) == (h.native or {})
         assert dict(fields)[1] == h.count
         assert dict(fields).get(7, 0) == h.zero
-        classic = [dict(_fields(v))[1] for n, v in fields if n == 3]
+        classic = [dict(pb.fields(v))[1] for n, v in fields if n == 3]
         assert classic == h.cumulative()[:-1]
 
 
@@ -292,5 +256,5 @@ def test_decoder_reads_what_prometheus_would() -> None:
         return bytes([0x08, (offset << 1) ^ (offset >> 63), 0x10, length])
 
     message = b"\x62\x04" + span(3, 2) + b"\x62\x04" + span(2, 1) + b"\x6a\x03" + bytes([4, 6, 7])
-    assert _native_buckets(_fields(message)) == {3: 2, 4: 5, 7: 1}
-    assert math.isclose(_signed(7), -4)
+    assert _native_buckets(pb.fields(message)) == {3: 2, 4: 5, 7: 1}
+    assert math.isclose(pb.signed(7), -4)

@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from probed.workers.plan import worker_of
-from tests.protobuf_reader import _fields, _varint
+from tests.protobuf_reader import fields, varint
 
 PROTOBUF = (
     "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
@@ -50,10 +50,10 @@ def free_port() -> int:
 
 def cpu_seconds(pid: int) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return (int(stat[11]) + int(stat[12])) / TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -93,7 +93,7 @@ def _ints(value: int | bytes) -> list[int]:
         return [value]
     out, pos = [], 0
     while pos < len(value):
-        n, pos = _varint(value, pos)
+        n, pos = varint(value, pos)
         out.append(n)
     return out
 
@@ -101,11 +101,11 @@ def _ints(value: int | bytes) -> list[int]:
 def native_buckets(histogram: bytes) -> tuple[int, Counter[int]]:
     """(schema, bucket index -> count) of one native histogram (positive side; RTTs are > 0)."""
     schema, spans, deltas = 0, [], []
-    for number, value in _fields(histogram):
+    for number, value in fields(histogram):
         if number == 5 and isinstance(value, int):
             schema = _zigzag(value)
         elif number == 12 and isinstance(value, bytes):
-            span = dict(_fields(value))
+            span = dict(fields(value))
             offset, length = span.get(1, 0), span.get(2, 0)
             assert isinstance(offset, int) and isinstance(length, int)
             spans.append((_zigzag(offset), length))
@@ -124,31 +124,27 @@ def native_buckets(histogram: bytes) -> tuple[int, Counter[int]]:
 
 
 def classic_buckets(histogram: bytes) -> dict[float, int]:
-    import struct
-
     out: dict[float, int] = {}
-    for number, value in _fields(histogram):
+    for number, value in fields(histogram):
         if number == 1 and isinstance(value, int):
             out[math.inf] = value  # the sample count: the +Inf bucket
         elif number == 3 and isinstance(value, bytes):
-            bucket = dict(_fields(value))
-            count, bound = bucket.get(1, 0), bucket.get(2, b"")
-            assert isinstance(count, int) and isinstance(bound, bytes)
-            out[struct.unpack("<d", bound)[0]] = count
+            bucket = dict(fields(value))
+            count, bound = bucket.get(1, 0), bucket.get(2, 0.0)
+            assert isinstance(count, int) and isinstance(bound, float)
+            out[bound] = count
     return out
 
 
 def snapshot(body: bytes, workers: int) -> dict[int, dict[str, Any]]:
     """Per worker: native RTT buckets, lag buckets, tainted and sent counts."""
-    from tests.protobuf_reader import _fields as fields
-
     per: dict[int, dict[str, Any]] = {
         w: {"rtt": Counter(), "schema": 0, "lag": {}, "tainted": 0.0, "rtt_n": 0}
         for w in range(workers)
     }
     pos = 0
     while pos < len(body):
-        length, pos = _varint(body, pos)
+        length, pos = varint(body, pos)
         message = body[pos : pos + length]
         pos += length
         name = ""
@@ -168,13 +164,6 @@ def snapshot(body: bytes, workers: int) -> dict[int, dict[str, Any]]:
                         payload[n] = v
                 _take(per, workers, name, labels, payload)
     return per
-
-
-def _double(value: int | bytes) -> float:
-    import struct
-
-    assert isinstance(value, bytes)
-    return float(struct.unpack("<d", value)[0])
 
 
 def _take(
@@ -200,9 +189,9 @@ def _take(
     elif name == "probe_measurements_tainted_total" and 3 in payload:
         counter = payload[3]
         assert isinstance(counter, bytes)
-        value = dict(_fields(counter)).get(1, b"")
+        value = dict(fields(counter)).get(1, 0.0)
         w = worker_of(labels["probe"], workers) if workers > 1 else 0
-        per[w]["tainted"] += _double(value)
+        per[w]["tainted"] += value
 
 
 def native_quantile(counts: Counter[int], schema: int, q: float) -> float:
