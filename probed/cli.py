@@ -185,17 +185,15 @@ def _print_shard(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-# Descriptors the daemon needs besides sessions: HTTP clients, the listener, logs, the loop.
-_FD_RESERVE = 128
-
-
 def _warn_descriptors(sessions: int) -> None:
     import resource
 
+    from probed.fdtable import SPARE
+
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and sessions + _FD_RESERVE > soft:
+    if soft != resource.RLIM_INFINITY and sessions + SPARE > soft:
         print(
-            f"probed check: warning: {sessions} sessions need about {sessions + _FD_RESERVE} "
+            f"probed check: warning: {sessions} sessions need about {sessions + SPARE} "
             f"file descriptors but the limit here is {soft} (raise LimitNOFILE= / ulimit -n)",
             file=sys.stderr,
         )

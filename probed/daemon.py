@@ -19,13 +19,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from probed import gcpolicy, kinds, logs, watchdog
-from probed.config import Config, ConfigError, ProbeConfig, load_config
+from probed import fdtable, gcpolicy, kinds, logs, watchdog
+from probed.config import Config, ConfigError, ProbeConfig
 from probed.http import HttpServer, start_http
 from probed.httpguard import HttpLimits
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
-from probed.offloop import in_thread
 from probed.ratelimit import LogLimiter, log_limited
+from probed.reload_parse import Fingerprints, fingerprints_of, parse_reload
 from probed.selfmon import LagMonitor
 from probed.sharding import Shard
 from probed.status import HistoryLimits, set_history_limits
@@ -110,6 +110,8 @@ class Daemon:
         self._next_reload: asyncio.Future[tuple[bool, str]] | None = None
         self._reloader: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[tuple[bool, str]]] = set()
+        # Each probe's config and its fingerprint, for the process that parses a reload.
+        self._fingerprints: Fingerprints = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -129,6 +131,10 @@ class Daemon:
                 self._tg = tg
                 lag = tg.create_task(self.lag.run())
                 gcpolicy.starting()  # until freeze_when_settled: no full passes over the fleet
+                # Before any probe runs: a reload then compares by fingerprint and never pays
+                # for the whole fleet's on the loop.
+                self._fingerprints = fingerprints_of(self.config)
+                fdtable.reserve(self.config.sessions)
                 await self._install(self.config)
                 gcpolicy.installed()
                 settle = max((p.stagger for p in self.config.probes), default=0.0) + 2.0
@@ -236,15 +242,13 @@ class Daemon:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         ok = False
         try:
-            running = self.running_configs()
+            running = self._fingerprints = fingerprints_of(self.config, self._fingerprints)
             with gcpolicy.held_off():
                 try:
                     # Reading and validating a large config is CPU work: off the loop, so that
                     # it neither stalls sessions nor taints their measurements.
                     self.reloads += 1
-                    config = await in_thread(
-                        lambda path: reuse_unchanged(load_config(path), running), self._path
-                    )
+                    config, prints = await parse_reload(self._path, running)
                     if not self.ready.is_set():
                         return self._refuse_reload("probed is stopping")
                 except ConfigError as exc:
@@ -252,6 +256,7 @@ class Daemon:
                         "reload failed; keeping the running config", errors=exc.lines()[:50]
                     )
                     return False, str(exc)
+                self._fingerprints = prints
                 try:
                     changes = await self._install(config)
                 except ApplyFailed as exc:

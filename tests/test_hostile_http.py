@@ -114,10 +114,10 @@ async def test_a_reload_that_fails_unexpectedly_still_ends_ready_with_the_gauge_
         sock.setblocking(False)
         monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
 
-        def broken(_path: Path) -> None:
+        async def broken(_path: Path, _running: object) -> None:
             raise RuntimeError("a bug in the loader")
 
-        monkeypatch.setattr(daemon_module, "load_config", broken)
+        monkeypatch.setattr(daemon_module, "parse_reload", broken)
         ok, message = await d.daemon.reload()
         assert not ok and "RuntimeError" in message
         assert d.value("probed_config_last_reload_successful") == 0
