@@ -28,10 +28,11 @@ from typing import Any, TypeVar
 from probed import logs
 from probed.config import load_config
 from probed.daemon import Daemon
+from probed.reload_parse import fingerprints_of, parse_reload
 from probed.series import Histogram
+from tests.perf.scrape_loop import OPENMETRICS
 
 T = TypeVar("T")
-OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 PROTOBUF = (
     "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited"
 )
@@ -123,16 +124,13 @@ async def start_echo() -> tuple[asyncio.subprocess.Process, str]:
     return proc, url
 
 
-async def scraper(url: str, every: float, walls: list[float]) -> None:
-    while True:
-        await asyncio.sleep(every)
-        proc = await asyncio.create_subprocess_exec(
-            "curl", "-s", "-o", "/dev/null", "-w", "%{time_total}", "-H", f"Accept: {OPENMETRICS}",
-            f"{url}/metrics",
-            stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        out, _ = await proc.communicate()
-        walls.append(float(out or 0) * 1e3)
+async def start_scraper(url: str, every: float) -> asyncio.subprocess.Process:
+    """A scraper in its own process, idle until told "go" (tests/perf/scrape_loop.py)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.perf.scrape_loop", url, str(every),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    return proc
 
 
 def tainted_total(daemon: Daemon) -> float:
@@ -214,16 +212,20 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         while sum(p.status.up for p in daemon.exposition.probes()) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         all_up_s = time.perf_counter() - started
+        assert daemon.bound is not None
+        # Started during the warm-up: starting a process forks this one (see scrape_loop).
+        scrapes = await start_scraper(
+            f"http://{daemon.bound[0]}:{daemon.bound[1]}/metrics", 5.0 if seconds >= 10 else 1.0
+        )
         await asyncio.sleep(max(0.0, warmup - all_up_s))
         rss_per_session = (rss_kb() - rss_before) / count
         measuring_from = time.perf_counter_ns()
         quiet = await phase(daemon, seconds, lag)
-        assert daemon.bound is not None
-        http = f"http://{daemon.bound[0]}:{daemon.bound[1]}"
-        walls: list[float] = []
-        scrape_task = asyncio.create_task(scraper(http, 5.0 if seconds >= 10 else 1.0, walls))
+        assert scrapes.stdin is not None
+        scrapes.stdin.write(b"go\n")
         scraped = await phase(daemon, seconds, lag)
-        scrape_task.cancel()
+        scrapes.stdin.write(b"stop\n")
+        walls: list[float] = json.loads((await scrapes.communicate())[0])
         measuring_to = time.perf_counter_ns()
         # What a scrape costs in steady state: the previous scrape was a second ago.
         cpu: dict[str, float] = {}
@@ -247,11 +249,12 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
             reloads.append((time.perf_counter_ns() - start) / 1e6)
             stalls.append(stall_ms)
             assert ok and "kept: " + str(count) in message, message
+        # What the reload's child process does (here on the loop, after the reloads).
         start = time.perf_counter_ns()
         load_config(path)
         parse_ms = (time.perf_counter_ns() - start) / 1e6
-        # What stays on the loop once parsing runs elsewhere: comparing and keeping the probes.
-        parsed = load_config(path)
+        # What stays on the loop once the child has parsed: keeping the probes it found unchanged.
+        parsed, _prints = await parse_reload(path, fingerprints_of(daemon.config))
         start = time.perf_counter_ns()
         kept = daemon._apply(parsed)
         apply_ms = (time.perf_counter_ns() - start) / 1e6
@@ -275,7 +278,7 @@ async def bench_size(count: int, seconds: float) -> dict[str, Any]:
         "exposition_bytes": sizes,
         # How spread the latencies are: the protobuf render's cost grows with native buckets.
         "native_buckets_mean": native_buckets,
-        # The whole reload (parsing runs in a thread) and the longest the loop was held meanwhile.
+        # The whole reload (parsing runs in a child process) and the longest the loop was held.
         "reload_unchanged_ms": statistics.median(reloads),
         "reload_longest_loop_stall_ms": max(stalls),
         "reload_loop_stall_median_ms": statistics.median(stalls),
@@ -338,7 +341,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             ),
         ),
         row(
-            "unchanged reload x5: loop stall median, max / whole reload / parsing / _apply (ms)",
+            "unchanged reload x5: loop stall median, max / whole / parsing (child) / _apply (ms)",
             lambda r: (
                 f"{r['reload_loop_stall_median_ms']:.1f}, {r['reload_longest_loop_stall_ms']:.1f}"
                 f" / {r['reload_unchanged_ms']:.1f} / "
