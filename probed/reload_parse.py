@@ -29,6 +29,7 @@ from typing import Any, Final, NoReturn
 import structlog
 from pydantic import BaseModel, SecretBytes, SecretStr
 
+import probed
 from probed import kinds, logs
 from probed.config import Config, ConfigError, ConfigIssue, ProbeConfig, load_config
 from probed.config.schema.probes import PROBE_KINDS
@@ -132,7 +133,8 @@ def _parse_here(path: Path, running: Fingerprints) -> tuple[Config, Fingerprints
 
 
 async def _parse_in_child(path: Path, running: Fingerprints) -> tuple[Config, Fingerprints]:
-    request = pickle.dumps((str(path), {name: fp for name, (_cfg, fp) in running.items()}))
+    prints = {name: fp for name, (_cfg, fp) in running.items()}
+    request = pickle.dumps((_identity(), str(path), prints))
     returncode, out, err = await in_thread(_run_child, request, str(path))
     if returncode != 0 or not out:
         tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
@@ -161,7 +163,10 @@ def _run_child(request: bytes, source: str) -> tuple[int, bytes, bytes]:
     """
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "probed.reload_parse"],
+            # -P and the daemon's own import path: the child imports the code the daemon runs,
+            # never a `probed` directory that happens to be in the working directory.
+            [sys.executable, "-P", "-m", "probed.reload_parse"],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -220,8 +225,15 @@ def _assemble(
     return config_model().model_construct(**fields, probes=probes), prints
 
 
+def _identity() -> tuple[str, str]:
+    """Which probed this is: a parser running other code (upgraded on disk) must not answer."""
+    return str(Path(probed.__file__).resolve()), probed.__version__
+
+
 def _child_main() -> None:
-    path, running = pickle.load(sys.stdin.buffer)  # noqa: S301 - from the daemon that started us
+    identity, path, running = pickle.load(sys.stdin.buffer)  # noqa: S301 - from our daemon
+    if identity != _identity():
+        sys.exit(f"this parser is {_identity()}, the daemon runs {identity}")
     # What loading logs (a secret file others can read) travels back to be logged by the daemon,
     # in its format and at its level; stdout carries the reply alone.
     events: list[_Event] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+import probed
 from probed.config import ConfigError, EchoProbeConfig, load_config
 from probed.reload_parse import fingerprint, fingerprints_of, only_built_in_kinds, parse_reload
 
@@ -136,3 +137,32 @@ async def test_without_a_child_the_reload_is_parsed_here_to_the_same_result(
     assert [e for e in logged if e["event"] == FALLBACK_EVENT], logged
     assert config.probes[0] is running.probes[0] and config.probes[1] is running.probes[1]
     assert config.probes[2].interval == 2.0
+
+
+async def test_the_child_imports_the_daemons_code_not_the_working_directorys(
+    files: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _token = files
+    running = load_config(path)
+    impostor = tmp_path / "cwd" / "probed"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("raise SystemExit('the wrong probed')\n")
+    monkeypatch.chdir(impostor.parent)
+    with capture_logs() as logged:
+        config, _prints = await parse_reload(path, fingerprints_of(running))
+    assert not [e for e in logged if e["event"] == FALLBACK_EVENT], logged
+    assert config.probes[0] is running.probes[0]
+
+
+async def test_a_child_running_other_code_is_not_believed(
+    files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _token = files
+    running = load_config(path)
+    # As after an upgrade on disk: the daemon still runs the version it started with.
+    monkeypatch.setattr(probed, "__version__", "0.0.0-running")
+    with capture_logs() as logged:
+        config, _prints = await parse_reload(path, fingerprints_of(running))
+    (fallback,) = [e for e in logged if e["event"] == FALLBACK_EVENT]
+    assert "0.0.0-running" in fallback["why"]
+    assert config.probes[0] is running.probes[0]
