@@ -298,6 +298,7 @@ class Daemon:
         mine = config.probes if self.shard is None else self.shard.select(config.probes)
         wanted = {p.name: p for p in mine}
         set_history_limits(HistoryLimits.for_probes(len(wanted)))
+        self.lag.probes = len(wanted)
         changes: dict[str, list[str]] = {"kept": [], "started": [], "restarted": [], "stopped": []}
         for name in list(self._running):
             if name not in wanted:

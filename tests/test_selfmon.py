@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 
-from probed.selfmon import LagMonitor
+from probed.selfmon import FINE_FROM_PROBES, LagMonitor
 
 
 async def test_every_stall_longer_than_the_threshold_taints_the_measurements_across_it() -> None:
@@ -25,10 +25,27 @@ async def test_every_stall_longer_than_the_threshold_taints_the_measurements_acr
         sampler.cancel()
 
 
-def test_the_sampler_wakes_at_half_the_threshold() -> None:
+def test_the_sampler_wakes_at_half_the_threshold_or_a_fifth_for_a_large_fleet() -> None:
     assert LagMonitor(0.005).interval == 0.0025
     assert LagMonitor(1.0).interval == 0.05  # a long threshold still samples often
     assert LagMonitor(0.05, interval=0.01).interval == 0.01
+    large = LagMonitor(0.005)
+    large.probes = FINE_FROM_PROBES
+    assert large.interval == 0.001
+    large.threshold = 0.002
+    assert large.interval == 0.001  # no finer than a timer honours
+
+
+async def test_a_fine_sampler_still_flags_every_stall_over_the_threshold() -> None:
+    monitor = LagMonitor(0.02)
+    monitor.probes = FINE_FROM_PROBES
+    sampler = asyncio.create_task(monitor.run())
+    try:
+        await asyncio.sleep(0.05)
+        start, end = await stall(monitor, 0.025)
+        assert monitor.tainted(start + 1_000_000, end), "a 25 ms stall went unflagged"
+    finally:
+        sampler.cancel()
 
 
 async def stall(monitor: LagMonitor, seconds: float) -> tuple[int, int]:
