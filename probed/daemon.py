@@ -14,7 +14,6 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -36,19 +35,6 @@ _RESTART_INITIAL = 1.0
 _RESTART_MAX = 60.0
 # A probe that ran this long before crashing starts its restart backoff afresh.
 _RESTART_RESET_AFTER = 60.0
-
-
-def reuse_unchanged(config: Config, running: Mapping[str, ProbeConfig]) -> Config:
-    """`config`, with every probe that did not change replaced by the running probe's own config.
-
-    For the thread that parses a reload: the loop then finds the kept probes by identity. Compared
-    field by field there, 1,000 unchanged probes held the loop for 3-6 ms of the reload.
-    """
-    probes = [
-        kept if (kept := running.get(p.name)) is not None and kept == p else p
-        for p in config.probes
-    ]
-    return config.model_copy(update={"probes": probes})
 
 
 class ApplyFailed(Exception):
@@ -133,7 +119,7 @@ class Daemon:
                 gcpolicy.starting()  # until freeze_when_settled: no full passes over the fleet
                 # Before any probe runs: a reload then compares by fingerprint and never pays
                 # for the whole fleet's on the loop.
-                self._fingerprints = fingerprints_of(self.config)
+                self._fingerprints = fingerprints_of(self.config, self._fingerprints)
                 fdtable.reserve(self.config.sessions)
                 await self._install(self.config)
                 gcpolicy.installed()

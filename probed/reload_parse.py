@@ -43,13 +43,17 @@ TIMEOUT_S: Final = 120.0
 LOOP_UNPICKLE_MAX: Final = 256 * 1024
 
 Fingerprints = dict[str, tuple[ProbeConfig, bytes]]
-# Per probe in file order: name, fingerprint, and the config only when the fingerprint is new.
-_Entry = tuple[str, bytes, ProbeConfig | None]
+# Per probe in file order: name, fingerprint, and its config, left out (None) when unchanged.
+Entry = tuple[str, bytes, ProbeConfig | None]
 # A log event of the child's: its level and its fields.
 _Event = tuple[str, dict[str, Any]]
 # The child answers with what it logged, and the config's problems or its global fields and its
 # probes' entries.
-_Reply = tuple[list[_Event], ConfigError | tuple[dict[str, Any], list[_Entry]]]
+_Reply = tuple[list[_Event], ConfigError | tuple[dict[str, Any], list[Entry]]]
+
+
+class Stale(Exception):
+    """An update leaves out the config of a probe that the receiver does not run as it was."""
 
 
 class ChildFailed(Exception):
@@ -129,7 +133,7 @@ async def parse_reload(path: Path, running: Fingerprints) -> tuple[Config, Finge
 def _parse_here(path: Path, running: Fingerprints) -> tuple[Config, Fingerprints]:
     config = load_config(path)
     prints = {name: fp for name, (_cfg, fp) in running.items()}
-    return _assemble(_without_probes(config), _entries(config, prints), running)
+    return assemble(without_probes(config), _entries(config, prints), running)
 
 
 async def _parse_in_child(path: Path, running: Fingerprints) -> tuple[Config, Fingerprints]:
@@ -150,7 +154,7 @@ async def _parse_in_child(path: Path, running: Fingerprints) -> tuple[Config, Fi
         getattr(log, method, log.warning)(fields.pop("event", ""), **fields)
     if isinstance(answer, ConfigError):
         raise answer
-    return _assemble(*answer, running)
+    return assemble(*answer, running)
 
 
 def _run_child(request: bytes, source: str) -> tuple[int, bytes, bytes]:
@@ -189,9 +193,9 @@ def _run_child(request: bytes, source: str) -> tuple[int, bytes, bytes]:
 def _yield_to_the_daemon(pid: int) -> None:
     """Let the parser run only on a core nothing else wants.
 
-    On two cores, a parser at full speed beside the daemon and its targets took the loop's core
-    for whole scheduler slices: reloads stalled the loop 11-14 ms, twice as long as a parse in a
-    thread. SCHED_IDLE (or, where refused, nice 19) lets every wake-up of the loop preempt it.
+    It needs a core for about 0.4 s per 1,000 probes; at SCHED_IDLE (or, where that is refused,
+    nice 19) every wake-up of the daemon's loop preempts it on a machine with no core to spare.
+    Where both are refused (systemd's @resources filter), it runs at the daemon's priority.
     """
     try:
         os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
@@ -200,28 +204,38 @@ def _yield_to_the_daemon(pid: int) -> None:
             os.setpriority(os.PRIO_PROCESS, pid, 19)
 
 
-def _without_probes(config: Config) -> dict[str, Any]:
+def without_probes(config: Config) -> dict[str, Any]:
     # Config's class is made at run time (the union of the kinds), so its fields travel, not it.
     return {name: getattr(config, name) for name in type(config).model_fields if name != "probes"}
 
 
-def _entries(config: Config, running: Mapping[str, bytes]) -> list[_Entry]:
-    entries: list[_Entry] = []
+def _entries(config: Config, running: Mapping[str, bytes]) -> list[Entry]:
+    entries: list[Entry] = []
     for probe in config.probes:
         fp = fingerprint(probe)
         entries.append((probe.name, fp, None if running.get(probe.name) == fp else probe))
     return entries
 
 
-def _assemble(
-    fields: dict[str, Any], entries: list[_Entry], running: Fingerprints
+def assemble(
+    fields: dict[str, Any], entries: list[Entry], known: Fingerprints
 ) -> tuple[Config, Fingerprints]:
+    """The config an update describes; a probe it sends no config for is taken from `known`.
+
+    Raises Stale when `known` does not hold that probe with that fingerprint: the sender
+    thought the receiver ran something it does not.
+    """
     probes: list[ProbeConfig] = []
     prints: Fingerprints = {}
-    for name, fp, cfg in entries:
-        kept = cfg if cfg is not None else running[name][0]
-        probes.append(kept)
-        prints[name] = (kept, fp)
+    for name, fp, sent in entries:
+        cfg = sent
+        if cfg is None:
+            entry = known.get(name)
+            if entry is None or entry[1] != fp:
+                raise Stale(name)
+            cfg = entry[0]
+        probes.append(cfg)
+        prints[name] = (cfg, fp)
     return config_model().model_construct(**fields, probes=probes), prints
 
 
@@ -243,13 +257,13 @@ def _child_main() -> None:
         raise structlog.DropEvent
 
     structlog.configure(processors=[collect], cache_logger_on_first_use=False)
-    answer: ConfigError | tuple[dict[str, Any], list[_Entry]]
+    answer: ConfigError | tuple[dict[str, Any], list[Entry]]
     try:
         config = load_config(path)
     except ConfigError as exc:
         answer = exc
     else:
-        answer = (_without_probes(config), _entries(config, running))
+        answer = (without_probes(config), _entries(config, running))
     reply: _Reply = (events, answer)
     sys.stdout.buffer.write(pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
     sys.stdout.buffer.flush()

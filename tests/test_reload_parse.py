@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,14 @@ from structlog.testing import capture_logs
 
 import probed
 from probed.config import ConfigError, EchoProbeConfig, load_config
-from probed.reload_parse import fingerprint, fingerprints_of, only_built_in_kinds, parse_reload
+from probed.reload_parse import (
+    Stale,
+    fingerprint,
+    fingerprints_of,
+    only_built_in_kinds,
+    parse_reload,
+)
+from probed.workers.channel import dump_update, load_update
 
 FALLBACK_EVENT = "parsing the reload in this process instead"
 
@@ -166,3 +174,36 @@ async def test_a_child_running_other_code_is_not_believed(
     (fallback,) = [e for e in logged if e["event"] == FALLBACK_EVENT]
     assert "0.0.0-running" in fallback["why"]
     assert config.probes[0] is running.probes[0]
+
+
+async def test_a_workers_update_carries_only_what_changed_and_refuses_a_stale_base(
+    files: tuple[Path, Path],
+) -> None:
+    path, token = files
+    before = load_config(path)
+    before_prints = fingerprints_of(before)
+    # The worker as it runs: what it was started with, unpickled in its own objects.
+    worker_config, worker_prints = load_update(dump_update(before, before_prints, {}), {})
+    token.write_text("rotated-token\n")
+    after, after_prints = await parse_reload(path, before_prints)
+    unchanged = {p.name: p for p in before.probes}
+    delta = dump_update(after, after_prints, unchanged)
+    _fields, entries = pickle.loads(delta)
+    assert [(name, cfg is None) for name, _fp, cfg in entries] == [
+        ("tokened", False),
+        ("headered", True),
+        ("timed", True),
+    ]
+    config, prints = load_update(delta, worker_prints)
+    tokened, headered, timed = config.probes
+    assert headered is worker_config.probes[1] and timed is worker_config.probes[2]
+    assert tokened == after.probes[0] and tokened != worker_config.probes[0]
+    assert {n: fp for n, (_c, fp) in prints.items()} == {
+        n: fp for n, (_c, fp) in after_prints.items()
+    }
+    # A worker that does not run what the parent thought says so, and gets the whole config.
+    with pytest.raises(Stale, match="headered"):
+        load_update(delta, {"tokened": worker_prints["tokened"]})
+    again = dump_update(after, after_prints, {p.name: p for p in after.probes})
+    with pytest.raises(Stale, match="tokened"):
+        load_update(again, worker_prints)

@@ -26,16 +26,17 @@ from aiohttp import web
 
 from probed import gcpolicy, logs
 from probed.config import Config
-from probed.daemon import Daemon, reuse_unchanged
+from probed.daemon import Daemon
 from probed.http import HttpServer, make_app
 from probed.httpguard import ConnectionGuard, HttpLimits
 from probed.offloop import in_thread
+from probed.reload_parse import LOOP_UNPICKLE_MAX, Stale
 from probed.sharding import Shard
 from probed.statuspage import PAGE_DETAILED, probe_html
 from probed.workers.channel import (
     CONFIG_TYPE,
     READY_LINE,
-    load_config_bytes,
+    load_update,
     read_frame,
 )
 from probed.workers.plan import WorkerShard
@@ -86,15 +87,22 @@ class WorkerDaemon(Daemon):
         # Not request.read(): the app refuses bodies over 64 KiB, and this one comes from the
         # parent over a socket only this user can open.
         data = await request.content.read()
-        # Unpickling a thousand probes' configs is CPU work: off the loop, like a reload's read.
         with gcpolicy.held_off():
-            running = self.running_configs()
-            config = await in_thread(
-                lambda raw: reuse_unchanged(load_config_bytes(raw), running), data
-            )
+            try:
+                # An unchanged reload is names and fingerprints: read on the loop. Many changed
+                # probes' configs are CPU work: off it, like the parent's parse.
+                config, prints = (
+                    load_update(data, self._fingerprints)
+                    if len(data) <= LOOP_UNPICKLE_MAX
+                    else await in_thread(load_update, data, self._fingerprints)
+                )
+            except Stale as exc:
+                why = f"this worker does not run probe {exc} as the parent thought"
+                return web.json_response({"ok": False, "stale": True, "why": why})
             if not self.ready.is_set():
                 return web.json_response({"ok": False, "why": "worker is starting or stopping"})
             changes = self._apply(config)
+            self._fingerprints = prints
         self.metrics.config_loaded(True)
         return web.json_response({"ok": True, "changes": changes})
 
@@ -171,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent(args.parent)
-    config = load_config_bytes(read_frame(sys.stdin.buffer))
+    config, prints = load_update(read_frame(sys.stdin.buffer), {})
     # Logs go to stderr, which is the parent's stdout: one stream for the journal.
     as_json = {"auto": None, "json": True, "console": False}[args.log_format]
     logs.configure(args.log_level or config.global_.log_level, json=as_json, stream=sys.stderr)
@@ -185,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run() -> None:
         daemon = WorkerDaemon(config, shard, args.socket, log_level=args.log_level)
+        daemon._fingerprints = prints  # the parent's: the worker need not compute them again
         await serve(daemon)
 
     _run_loop(run())

@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -29,13 +29,14 @@ import prometheus_client as pc
 from aiohttp import web
 
 from probed import logs
-from probed.config import Config
+from probed.config import Config, ProbeConfig
 from probed.daemon import ApplyFailed, Daemon
 from probed.exposition import CONTENT_TYPES, Exposition, negotiate
 from probed.http import scrape_timeout
 from probed.metrics import DaemonMetrics
+from probed.reload_parse import Fingerprints, fingerprints_of
 from probed.statuspage import NO_PROBES, PAGE_DETAILED, page_frame
-from probed.workers.channel import CONFIG_TYPE, READY_LINE, dump_config, frame
+from probed.workers.channel import CONFIG_TYPE, READY_LINE, dump_update, frame
 from probed.workers.merge import merge
 from probed.workers.plan import LIVENESS_TIMEOUT, worker_of
 
@@ -120,7 +121,9 @@ class Worker:
 
     # -- the process ---------------------------------------------------------------------------
 
-    async def supervise(self, config: Callable[[], Config], stopping: asyncio.Event) -> None:
+    async def supervise(
+        self, config: Callable[[], tuple[Config, Fingerprints]], stopping: asyncio.Event
+    ) -> None:
         """Keep the worker running until `stopping` is set; `config()` is what a start gets."""
         loop = asyncio.get_running_loop()
         delay = _RESTART_INITIAL
@@ -145,7 +148,9 @@ class Worker:
                 await asyncio.wait_for(stopping.wait(), delay)
             delay = min(delay * 2, _RESTART_MAX)
 
-    async def _run_once(self, config: Config, stopping: asyncio.Event) -> int | None:
+    async def _run_once(
+        self, config: tuple[Config, Fingerprints], stopping: asyncio.Event
+    ) -> int | None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         env = {k: v for k, v in os.environ.items() if k not in _PARENT_ONLY_ENV}
@@ -157,7 +162,7 @@ class Worker:
             env=env,
         )
         assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(frame(dump_config(config)))
+        proc.stdin.write(frame(dump_update(*config, {})))
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
         exited = asyncio.ensure_future(proc.wait())
@@ -222,10 +227,24 @@ class Worker:
 
     # -- requests to the worker ----------------------------------------------------------------
 
-    async def apply(self, config: Config) -> dict[str, list[str]]:
+    async def apply(
+        self, config: Config, prints: Fingerprints, unchanged: Mapping[str, ProbeConfig]
+    ) -> dict[str, list[str]]:
+        """Put `config` into effect in the worker, which runs `unchanged` (or says it does not)."""
+        answer = await self._post_update(dump_update(config, prints, unchanged))
+        if answer.get("stale"):
+            # It runs something else than we thought (a start that raced a reload): all of it.
+            body = await asyncio.to_thread(dump_update, config, prints, {})
+            answer = await self._post_update(body)
+        if not answer.get("ok"):
+            why = answer.get("why", "it refused")
+            raise ApplyFailed(f"worker {self.index} did not apply the config: {why}")
+        changes: dict[str, list[str]] = answer["changes"]
+        return changes
+
+    async def _post_update(self, body: bytes) -> dict[str, Any]:
         if not self.ready:
             raise ApplyFailed(f"worker {self.index} is not running")
-        body = await asyncio.to_thread(dump_config, config)
         try:
             async with self.http().post(
                 "http://worker/-/apply",
@@ -238,11 +257,7 @@ class Worker:
             raise ApplyFailed(
                 f"worker {self.index} did not answer ({type(exc).__name__})"
             ) from None
-        if not answer.get("ok"):
-            why = answer.get("why", "it refused")
-            raise ApplyFailed(f"worker {self.index} did not apply the config: {why}")
-        changes: dict[str, list[str]] = answer["changes"]
-        return changes
+        return answer
 
     async def get(
         self, path: str, accept: str = "*/*", within: float = _API_TIMEOUT
@@ -320,7 +335,8 @@ class ParentDaemon(Daemon):
                 f"{tempfile.gettempdir()} ({exc.strerror}): set TMPDIR to a writable directory "
                 "(under Kubernetes, an emptyDir at /tmp) or run with --workers 1"
             ) from None
-        self._latest = config
+        # What a worker that starts now is given: the config and every probe's fingerprint.
+        self._latest: tuple[Config, Fingerprints] = (config, {})
         shard = (
             ""
             if self.shard is None
@@ -369,7 +385,8 @@ class ParentDaemon(Daemon):
 
     async def _install(self, config: Config) -> dict[str, list[str]]:
         self._apply_global(config)
-        self._latest = config
+        prints = fingerprints_of(config, self._fingerprints)
+        self._latest = (config, prints)
         if not self._supervisors:
             assert self._tg is not None
             for worker in self.workers:
@@ -384,8 +401,9 @@ class ParentDaemon(Daemon):
             await asyncio.gather(*(w.first_outcome.wait() for w in self.workers))
             self.config = config
             return {"started": self._mine(config)}
+        unchanged = {p.name: p for p in self.config.probes}
         results = await asyncio.gather(
-            *(w.apply(config) for w in self.workers), return_exceptions=True
+            *(w.apply(config, prints, unchanged) for w in self.workers), return_exceptions=True
         )
         failures = [str(r) for r in results if isinstance(r, BaseException)]
         if failures:
