@@ -290,7 +290,10 @@ class _NativeState:
     def update(self, native: dict[int, int], touched: list[int]) -> None:
         indexes = self.indexes
         if len(indexes) != len(native):  # buckets that were empty until now
-            self._grow(native, touched)
+            if len(touched) == 1 and len(native) == len(indexes) + 1:
+                self._grow_one(native, touched[0])
+            else:
+                self._grow(native, touched)
         elif len(touched) <= _IN_PLACE_MAX:
             self._patch(native, touched)
         else:
@@ -302,7 +305,9 @@ class _NativeState:
         scrapes): each one's delta and the next one's, written over the old ones in place."""
         indexes, deltas, packed, get = self.indexes, self.deltas, self.packed, _DELTAS.get
         offsets = self.offsets
-        if offsets is None:
+        if offsets is None and len(packed) != len(deltas):
+            # Some delta takes two bytes or more: where each one starts. (While every delta
+            # takes one byte, as in a daemon's first hours, delta q starts at byte q.)
             offsets = self.offsets = [0, *accumulate(map(len, deltas))]
         after = len(indexes) - 1
         resized = False
@@ -315,7 +320,7 @@ class _NativeState:
                 if new is not old:
                     deltas[q] = new
                     if len(new) == len(old):
-                        at = offsets[q]
+                        at = q if offsets is None else offsets[q]
                         packed[at : at + len(new)] = new
                     else:
                         resized = True
@@ -332,6 +337,34 @@ class _NativeState:
         for p in at:
             d = native[indexes[p]] - native[indexes[p - 1]] if p else native[indexes[p]]
             deltas[p] = get(d) or pb.varint(pb.zigzag(d))
+
+    def _grow_one(self, native: dict[int, int], i: int) -> None:
+        """Bucket `i` seen for the first time and nothing else moved (one round trip since the
+        last scrape, in a latency's long tail: a third of all histograms at 5 s between scrapes
+        in a 1,000-probe daemon). Its one-byte delta is inserted into the packed deltas in
+        place, and the next bucket's rewritten, instead of packing them all again."""
+        indexes, deltas, packed = self.indexes, self.deltas, self.packed
+        p = bisect_left(indexes, i)
+        if p < len(indexes) and indexes[p] == i:  # not new after all: read them all
+            self._grow(native, [i])
+            return
+        narrow = len(packed) == len(deltas)  # every delta one byte: delta q at byte q
+        indexes.insert(p, i)
+        self._join_run(i)
+        new = _delta(native[i] - native[indexes[p - 1]] if p else native[i])
+        deltas.insert(p, new)
+        resized = not narrow or len(new) != 1
+        if p + 1 < len(indexes):
+            after = _delta(native[indexes[p + 1]] - native[i])
+            resized = resized or len(after) != len(deltas[p + 1])
+            deltas[p + 1] = after
+        if resized:
+            self._pack()
+        else:
+            packed[p:p] = new
+            if p + 1 < len(indexes):
+                packed[p + 1 : p + 2] = deltas[p + 1]
+        self._lead()
 
     def _grow(self, native: dict[int, int], touched: list[int]) -> None:
         moved = set(touched)
