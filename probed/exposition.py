@@ -283,9 +283,12 @@ class _NativeState:
         self.lead = b""
         self.packed = bytearray()
         self.offsets: list[int] | None = None
-        # Each bucket index's place in `indexes` (None: not made since buckets were added):
-        # a dict lookup where bisecting 150 indexes touched 8 int objects spread over the heap.
-        self.positions: dict[int, int] | None = None
+        # Each bucket index's place in `indexes` (None: to be made again, after buckets were
+        # added): a dict lookup where bisecting 150 indexes touched 8 int objects spread over
+        # the heap. Made here, so that the first scrape after a layout does not make 1,000.
+        self.positions: dict[int, int] | None = dict(
+            zip(self.indexes, range(len(self.indexes)), strict=True)
+        )
         self._pack()
         self._lead()
 
@@ -397,7 +400,8 @@ class _NativeState:
             return
         narrow = len(packed) == len(deltas)  # every delta one byte: delta q at byte q
         indexes.insert(p, i)
-        self.positions = None
+        if self.positions is not None:  # the buckets from i on moved up one place
+            self.positions.update(zip(indexes[p:], range(p, len(indexes)), strict=True))
         self._join_run(i)
         d = native[i] - native[indexes[p - 1]] if p else native[i]
         self.values.insert(p, d)

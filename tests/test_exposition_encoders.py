@@ -246,6 +246,9 @@ def test_new_buckets_one_round_trip_at_a_time(monkeypatch: pytest.MonkeyPatch) -
     for k in (2, -3, 6, 3, 5, -12, 12, -2):  # gap, first, past last, join, join, ...
         lab.rtt.observe(at[12 + k])
         lab.render_and_check()
+        # Then one round trip in a known bucket above the new one (moved up one place).
+        lab.rtt.observe(at[12 + 4])
+        lab.render_and_check()
     assert len(grown) == 8
     # A delta of two bytes (a bucket 70 above its neighbour): the packed deltas are no longer
     # one byte each, and a new bucket before and after it packs them again.
