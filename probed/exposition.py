@@ -484,6 +484,8 @@ def _native_parts(h: HistogramChild) -> tuple[bytes, bytes, bytes | bytearray]:
     state: _NativeState | None = h.encoded
     if state is None or touched is None:
         state = h.encoded = _NativeState(native, h.zero)
+        if touched:  # counted in the new state already: `bump` must not add them again
+            touched.clear()
     elif touched:
         state.update(native, touched)
         # The same list again: a scrape leaves no new objects for the collector to walk.
@@ -571,16 +573,22 @@ def _histogram_series(head: bytes, h: HistogramChild, template: list[bytes]) -> 
     are kept with the length they encode.
     """
     varint, pack, counts, pieces_at = pb.varint, pb.pack_double, h.counts, slice(0, None, 2)
+    small, piece = pb.SMALL_VARINTS, _PIECES.__getitem__
     native = h.native is not None
     # [message length, its varint, the Metric's length varint] as last encoded.
     sizes: list[int | bytes] = [-1, b"", b""]
 
     def encode() -> bytes:
         cumulative = list(accumulate(counts))
-        cumulative.pop()  # +Inf: the message's sample_count
-        template[pieces_at] = _classic_pieces(cumulative)
+        count = cumulative.pop()  # +Inf: the message's sample_count
+        if count < len(_PIECES):  # every count's piece is in the table: no call
+            template[pieces_at] = map(piece, cumulative)
+        else:
+            template[pieces_at] = _classic_pieces(cumulative)
         classic = b"".join(template)
-        count_sum = b"".join((_COUNT_KEY, varint(h.count), _SUM_KEY, pack(h.sum)))
+        count = h.count
+        encoded = small[count] if count < _SMALL else varint(count)
+        count_sum = b"".join((_COUNT_KEY, encoded, _SUM_KEY, pack(h.sum)))
         if native:
             state: _NativeState | None = h.encoded
             touched, buckets = h.touched, h.native
@@ -596,7 +604,7 @@ def _histogram_series(head: bytes, h: HistogramChild, template: list[bytes]) -> 
                 state.bump(touched[0])
                 touched.clear()
                 lead, packed = state.lead, state.packed
-                packed_size = varint(len(packed))
+                packed_size = small[len(packed)] if len(packed) < _SMALL else varint(len(packed))
             else:
                 lead, packed_size, packed = _native_parts(h)
             length = len(count_sum) + len(classic) + len(lead) + len(packed_size) + len(packed)

@@ -268,3 +268,17 @@ def test_new_buckets_one_round_trip_at_a_time(monkeypatch: pytest.MonkeyPatch) -
         lab.messages.sent()
         assert lab.exposition.render_format(fmt) == lab.scratch(fmt)
         lab.render_and_check()
+
+
+def test_buckets_counted_when_the_state_is_made_are_not_counted_again() -> None:
+    """The first round trip of a histogram rendered empty makes its encoded state; a later
+    render of the same counts (new global labels lay every family out again) must not take
+    that round trip as new."""
+    lab = Lab()
+    lab.render_and_check()  # empty: no native state yet
+    lab.rtt.observe(0.001)
+    lab.render_and_check()  # the state is made from the counts
+    lab.exposition.labels = {"location": "lab-2"}
+    lab.render_and_check()
+    lab.rtt.observe(0.001)
+    lab.render_and_check()
