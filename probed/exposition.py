@@ -219,6 +219,18 @@ _DELTAS: Final = {d: pb.varint(pb.zigzag(d)) for d in range(-_DELTA_LIMIT, _DELT
 _IN_PLACE_MAX: Final = 1
 
 
+# One-byte zigzag varints (deltas -64..63): the byte of delta + 1 and of delta - 1 (0x80: it
+# would take two bytes), the delta, and the delta's encoding, by byte.
+_ZIGZAG_UP: Final = [
+    pb.zigzag(pb.unzigzag(b) + 1) if b < 0x80 and pb.unzigzag(b) < 63 else 0x80 for b in range(256)
+]
+_ZIGZAG_DOWN: Final = [
+    pb.zigzag(pb.unzigzag(b) - 1) if b < 0x80 and pb.unzigzag(b) > -64 else 0x80 for b in range(256)
+]
+_UNZIGZAG: Final = [pb.unzigzag(b) for b in range(0x80)]
+_ONE_BYTE: Final = [_DELTAS[pb.unzigzag(b)] for b in range(0x80)]
+
+
 def _delta(d: int) -> bytes:
     found = _DELTAS.get(d)
     return found if found is not None else pb.varint(pb.zigzag(d))
@@ -260,6 +272,7 @@ class _NativeState:
         "packed",
         "positions",
         "spans",
+        "stale",
         "values",
         "zero",
     )
@@ -272,6 +285,9 @@ class _NativeState:
         # the counts again).
         self.values = list(map(sub, counts, chain((0,), counts)))
         self.deltas = list(map(_delta, self.values))
+        # True: `bump` moved deltas in `packed` alone, every one of them one byte, and
+        # `values` and `deltas` are to be read back from it before anything else uses them.
+        self.stale = False
         # Runs of consecutive buckets: each one's first index and length, and its encoded span
         # (offset from the end of the run before; the first run's from index 0).
         self.firsts, self.lengths = _runs(self.indexes)
@@ -312,45 +328,53 @@ class _NativeState:
             self._recount(native, touched)
             self._pack()
 
-    def bump(self, i: int) -> None:
-        """One round trip since the last scrape, in a bucket that had one already (the steady
-        state of a 1,000-probe daemon scraped every second or so): the bucket's delta is one
-        more and the next one's one less, each written over the old one in place.
+    def bump(self, native: dict[int, int], touched: list[int]) -> None:
+        """Round trips since the last scrape, each in a bucket that had one already (the steady
+        state of a daemon scraped every few seconds): each one's bucket delta is one more and
+        the next one's one less.
 
-        Neither the counts nor the indexes are read: at 1,000 histograms their objects are
-        spread over the heap, and each read was a cache miss."""
+        While every delta takes one byte (a daemon's first hours, and most of them after), each
+        is moved in the packed bytes themselves, through a table: neither the counts, the
+        indexes nor the lists of deltas are read. At 1,000 histograms their objects are spread
+        over the heap, and each read was a cache miss.
+        """
         positions = self.positions
         if positions is None:
             positions = self.positions = dict(
                 zip(self.indexes, range(len(self.indexes)), strict=True)
             )
-        values, deltas, packed, get = self.values, self.deltas, self.packed, _DELTAS.get
-        offsets = self.offsets
-        if offsets is None and len(packed) != len(deltas):
-            offsets = self.offsets = [0, *accumulate(map(len, deltas))]
-        p = positions[i]
-        d = values[p] = values[p] + 1
-        new, old = get(d) or _delta(d), deltas[p]
-        deltas[p] = new
-        resized = len(new) != len(old)
-        if not resized:
-            at = p if offsets is None else offsets[p]
-            packed[at : at + len(new)] = new
-        if p + 1 < len(deltas):
-            d = values[p + 1] = values[p + 1] - 1
-            new, old = get(d) or _delta(d), deltas[p + 1]
-            deltas[p + 1] = new
-            if len(new) != len(old):
-                resized = True
-            elif not resized:
-                at = p + 1 if offsets is None else offsets[p + 1]
-                packed[at : at + len(new)] = new
-        if resized:
+        packed = self.packed
+        if len(packed) == len(self.indexes):
+            last = len(packed) - 1
+            for i in touched:
+                p = positions[i]
+                up = _ZIGZAG_UP[packed[p]]
+                down = _ZIGZAG_DOWN[packed[p + 1]] if p < last else 0
+                if up >= 0x80 or down >= 0x80:  # a delta leaves one byte: read them all
+                    self.stale = True  # read back, then every touched delta from the counts
+                    self._recount(native, touched)
+                    self._pack()
+                    return
+                packed[p] = up
+                if p < last:
+                    packed[p + 1] = down
+            self.stale = True
+        elif len(touched) <= _IN_PLACE_MAX:
+            self._patch(native, touched)
+        else:
+            self._recount(native, touched)
             self._pack()
+
+    def _unstale(self) -> None:
+        if self.stale:
+            self.values = list(map(_UNZIGZAG.__getitem__, self.packed))
+            self.deltas = list(map(_ONE_BYTE.__getitem__, self.packed))
+            self.stale = False
 
     def _patch(self, native: dict[int, int], touched: list[int]) -> None:
         """Only counts moved, in a bucket or two (the steady state at one round trip between
         scrapes): each one's delta and the next one's, written over the old ones in place."""
+        self._unstale()
         indexes, deltas, packed, get = self.indexes, self.deltas, self.packed, _DELTAS.get
         offsets = self.offsets
         if offsets is None and len(packed) != len(deltas):
@@ -379,6 +403,7 @@ class _NativeState:
     def _recount(self, native: dict[int, int], moved: Iterable[int]) -> None:
         """Re-encodes the deltas of the buckets that moved and of the bucket after each (a
         bucket's delta is from the one before it); the caller packs them."""
+        self._unstale()
         indexes, deltas, get = self.indexes, self.deltas, _DELTAS.get
         at = set(map(bisect_left, repeat(indexes), moved))
         at.update(map(add, list(at), repeat(1)))
@@ -393,6 +418,7 @@ class _NativeState:
         last scrape, in a latency's long tail: a third of all histograms at 5 s between scrapes
         in a 1,000-probe daemon). Its one-byte delta is inserted into the packed deltas in
         place, and the next bucket's rewritten, instead of packing them all again."""
+        self._unstale()
         indexes, deltas, packed = self.indexes, self.deltas, self.packed
         p = bisect_left(indexes, i)
         if p < len(indexes) and indexes[p] == i:  # not new after all: read them all
@@ -422,6 +448,7 @@ class _NativeState:
         self._lead()
 
     def _grow(self, native: dict[int, int], touched: list[int]) -> None:
+        self._unstale()
         moved = set(touched)
         indexes, deltas = self.indexes, self.deltas
         for i in sorted(moved):
@@ -462,6 +489,7 @@ class _NativeState:
                 spans[k] = _span(offset, lengths[k])
 
     def _pack(self) -> None:
+        self._unstale()
         self.packed = bytearray(b"".join(self.deltas))
         # Where each delta starts: found again only when a patch needs it.
         self.offsets = None
@@ -595,13 +623,12 @@ def _histogram_series(head: bytes, h: HistogramChild, template: list[bytes]) -> 
             packed: bytes | bytearray
             if (
                 state is not None
-                and touched is not None
-                and len(touched) == 1
+                and touched
                 and buckets is not None
                 and len(state.indexes) == len(buckets)
                 and h.zero == state.zero
             ):
-                state.bump(touched[0])
+                state.bump(buckets, touched)
                 touched.clear()
                 lead, packed = state.lead, state.packed
                 packed_size = small[len(packed)] if len(packed) < _SMALL else varint(len(packed))

@@ -40,6 +40,10 @@ def zigzag(n: int) -> int:
     return (n << 1) ^ (n >> 63)
 
 
+def unzigzag(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
+
+
 def key(field: int, wire_type: int) -> bytes:
     return varint((field << 3) | wire_type)
 
