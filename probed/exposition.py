@@ -844,16 +844,23 @@ class _Layout:
                 # made while a sliced render pauses is rendered by the next scrape.
                 fresh = list(map(_VERSION, moving))
                 kept = list(map(encoders.__getitem__, batch))
-                if (
-                    protobuf
-                    and None not in kept
-                    and list(map(_SHAPE, moving)) == list(map(shapes.__getitem__, batch))
-                ):
+                held = list(map(_SHAPE, moving)) == list(map(shapes.__getitem__, batch))
+                if protobuf and held and None not in kept:
                     # The steady state: each moved family's encoder, called in C. Their cache
                     # entries are not stamped: an entry left behind renders again (through the
                     # same encoder) if a later layout asks for it, which costs less than
                     # stamping 3,000 entries at every scrape.
                     bodies = list(map(call, kept))  # type: ignore[arg-type]
+                elif protobuf:
+                    # A family moving for the first time since the layout (the first scrapes
+                    # after it), or whose series came or went, takes its own way; the others
+                    # in its batch still use their encoders.
+                    bodies = [
+                        encoder()
+                        if encoder is not None and family.shape == shapes[i]
+                        else self._render_one(i, fmt)
+                        for i, encoder, family in zip(batch, kept, moving, strict=True)
+                    ]
                 else:
                     bodies = [self._render_one(i, fmt) for i in batch]
                 list(

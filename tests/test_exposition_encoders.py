@@ -282,3 +282,24 @@ def test_buckets_counted_when_the_state_is_made_are_not_counted_again() -> None:
     lab.render_and_check()
     lab.rtt.observe(0.001)
     lab.render_and_check()
+
+
+def test_a_family_moving_first_beside_ones_with_encoders() -> None:
+    """Families that kept encoders and one moving for the first time since the layout, in one
+    batch: each renders its own way, and none of them is left stale."""
+    lab = Lab()
+    for _ in range(2):
+        lab.rtt.observe(0.002)
+        lab.messages.sent()
+        lab.render_and_check()  # the latency histogram and messages sent keep their encoders
+    lab.rtt.observe(0.003)
+    lab.messages.sent()
+    lab.plain.tainted_total.inc()  # never moved before
+    lab.render_and_check()
+    lab.rtt.observe(0.003)
+    lab.plain.tainted_total.inc()  # moved once: its encoder is kept now
+    lab.plain.connect_failed("dns")  # a new series: this family's encoder is made again
+    lab.render_and_check()
+    lab.messages.sent()
+    lab.plain.connect_failed("dns")
+    lab.render_and_check()
