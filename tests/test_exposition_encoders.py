@@ -259,8 +259,8 @@ def test_new_buckets_one_round_trip_at_a_time(monkeypatch: pytest.MonkeyPatch) -
         lab.rtt.observe(at[12 + k])
         lab.render_and_check()
     assert len(grown) == 11
-    # The text formats share the columns joined while they do not move: each render equals one
-    # from scratch while one column moves and the others stay joined.
+    # The text formats share the layout whose column lengths protobuf keeps: renders in every
+    # format equal ones from scratch while one column moves and the others keep their length.
     for fmt in (Format.TEXT, Format.OPENMETRICS, Format.TEXT):
         for k in (0, 11, 0):
             lab.rtt.observe(at[12 + k])
