@@ -220,14 +220,13 @@ _IN_PLACE_MAX: Final = 1
 
 
 # One-byte zigzag varints (deltas -64..63): the byte of delta + 1 and of delta - 1 (0x80: it
-# would take two bytes), the delta, and the delta's encoding, by byte.
+# would take two bytes), and the delta's encoding, by byte.
 _ZIGZAG_UP: Final = [
     pb.zigzag(pb.unzigzag(b) + 1) if b < 0x80 and pb.unzigzag(b) < 63 else 0x80 for b in range(256)
 ]
 _ZIGZAG_DOWN: Final = [
     pb.zigzag(pb.unzigzag(b) - 1) if b < 0x80 and pb.unzigzag(b) > -64 else 0x80 for b in range(256)
 ]
-_UNZIGZAG: Final = [pb.unzigzag(b) for b in range(0x80)]
 _ONE_BYTE: Final = [_DELTAS[pb.unzigzag(b)] for b in range(0x80)]
 
 
@@ -273,20 +272,15 @@ class _NativeState:
         "positions",
         "spans",
         "stale",
-        "values",
         "zero",
     )
 
     def __init__(self, native: dict[int, int], zero: int) -> None:
         self.indexes = sorted(native)
         counts = list(map(native.__getitem__, self.indexes))
-        # Each bucket's count less the one before's, and encoded: kept in step with `native`
-        # (observe() lists every bucket it moves, so `bump` adds and takes one without reading
-        # the counts again).
-        self.values = list(map(sub, counts, chain((0,), counts)))
-        self.deltas = list(map(_delta, self.values))
+        self.deltas = [_delta(d) for d in map(sub, counts, chain((0,), counts))]
         # True: `bump` moved deltas in `packed` alone, every one of them one byte, and
-        # `values` and `deltas` are to be read back from it before anything else uses them.
+        # `deltas` is to be read back from it before anything else uses it.
         self.stale = False
         # Runs of consecutive buckets: each one's first index and length, and its encoded span
         # (offset from the end of the run before; the first run's from index 0).
@@ -367,7 +361,6 @@ class _NativeState:
 
     def _unstale(self) -> None:
         if self.stale:
-            self.values = list(map(_UNZIGZAG.__getitem__, self.packed))
             self.deltas = list(map(_ONE_BYTE.__getitem__, self.packed))
             self.stale = False
 
@@ -387,7 +380,6 @@ class _NativeState:
             p = bisect_left(indexes, i)
             for q in (p, p + 1) if p < after else (p,):
                 d = native[indexes[q]] - native[indexes[q - 1]] if q else native[indexes[q]]
-                self.values[q] = d
                 new = get(d) or pb.varint(pb.zigzag(d))
                 old = deltas[q]
                 if new is not old:
@@ -410,7 +402,6 @@ class _NativeState:
         at.discard(len(indexes))
         for p in at:
             d = native[indexes[p]] - native[indexes[p - 1]] if p else native[indexes[p]]
-            self.values[p] = d
             deltas[p] = get(d) or pb.varint(pb.zigzag(d))
 
     def _grow_one(self, native: dict[int, int], i: int) -> None:
@@ -429,14 +420,11 @@ class _NativeState:
         if self.positions is not None:  # the buckets from i on moved up one place
             self.positions.update(zip(indexes[p:], range(p, len(indexes)), strict=True))
         self._join_run(i)
-        d = native[i] - native[indexes[p - 1]] if p else native[i]
-        self.values.insert(p, d)
-        new = _delta(d)
+        new = _delta(native[i] - native[indexes[p - 1]] if p else native[i])
         deltas.insert(p, new)
         resized = not narrow or len(new) != 1
         if p + 1 < len(indexes):
-            d = self.values[p + 1] = native[indexes[p + 1]] - native[i]
-            after = _delta(d)
+            after = _delta(native[indexes[p + 1]] - native[i])
             resized = resized or len(after) != len(deltas[p + 1])
             deltas[p + 1] = after
         if resized:
@@ -457,7 +445,6 @@ class _NativeState:
                 indexes.insert(p, i)
                 self.positions = None
                 deltas.insert(p, b"")  # encoded below with the other moved ones
-                self.values.insert(p, 0)
                 self._join_run(i)
         self._recount(native, moved)
         self._pack()
