@@ -23,14 +23,14 @@ def _encode(n: int) -> bytes:
     return bytes(out)
 
 
-# Counts and lengths are mostly small: encoded once, looked up after.
-_SMALL: Final = [_encode(n) for n in range(1 << 14)]
+# Counts and lengths are mostly small: encoded once, looked up after (by hot loops directly).
+SMALL_VARINTS: Final = [_encode(n) for n in range(1 << 14)]
 
 
 def varint(n: int) -> bytes:
     """Unsigned LEB128; negative int64 values take ten bytes, as protobuf writes them."""
     if 0 <= n < 1 << 14:
-        return _SMALL[n]
+        return SMALL_VARINTS[n]
     if 0 < n < 1 << 21:  # the cumulative counts of a histogram that ran a few hours
         return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14))
     return _encode(n)
@@ -38,6 +38,10 @@ def varint(n: int) -> bytes:
 
 def zigzag(n: int) -> int:
     return (n << 1) ^ (n >> 63)
+
+
+def unzigzag(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
 
 
 def key(field: int, wire_type: int) -> bytes:

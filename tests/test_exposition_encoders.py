@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from probed import exposition
 from probed.exposition import Format
 from probed.metrics import DaemonMetrics, Exposition, ProbeMetrics
 from probed.probes.messages import MessageMetrics
@@ -53,7 +56,7 @@ class Lab:
     def families(self) -> list[Family]:
         return [f for p in (self.plain, self.roles) for f in p.registry.families]
 
-    def scratch(self) -> bytes:
+    def scratch(self, fmt: Format = Format.PROTOBUF) -> bytes:
         """What an exposition with no caches renders now; the long-lived caches are kept."""
         saved = []
         for family in self.families():
@@ -68,7 +71,7 @@ class Lab:
         other.labels = self.exposition.labels
         for probe in (self.plain, self.roles):
             other.add(probe)
-        body = other.render_format(Format.PROTOBUF)
+        body = other.render_format(fmt)
         for family, rendered, kept in saved:
             family.rendered = rendered
             for h, encoded, touched in kept:
@@ -217,3 +220,86 @@ def test_classic_counts_of_any_size_decode_back() -> None:
         ]
         assert cumulative == h.cumulative()[:-1]
     assert h.cumulative()[-2] > 1 << 21
+
+
+def test_new_buckets_one_round_trip_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One round trip between scrapes landing in a bucket seen for the first time: its delta is
+    inserted into the packed deltas in place while every delta takes one byte, and they are
+    packed again once one takes two. Every position: before the first bucket, inside a gap,
+    next to a run, joining two runs, past the last."""
+    grown: list[int] = []
+    real = exposition._NativeState._grow_one
+
+    def counted(state: exposition._NativeState, native: dict[int, int], i: int) -> None:
+        grown.append(i)
+        real(state, native, i)
+
+    monkeypatch.setattr(exposition._NativeState, "_grow_one", counted)
+    lab = Lab()
+    base = native_index(0.002)
+    at = [2.0 ** ((base + k - 0.5) / 32) for k in range(-12, 13)]  # the middle of bucket k
+    for k in (0, 1, 4):
+        lab.rtt.observe(at[12 + k])
+    lab.render_and_check()
+    lab.rtt.observe(at[12])
+    lab.render_and_check()  # the encoders are kept from here on
+    for k in (2, -3, 6, 3, 5, -12, 12, -2):  # gap, first, past last, join, join, ...
+        lab.rtt.observe(at[12 + k])
+        lab.render_and_check()
+        # Then one round trip in a known bucket above the new one (moved up one place).
+        lab.rtt.observe(at[12 + 4])
+        lab.render_and_check()
+    assert len(grown) == 8
+    # A delta of two bytes (a bucket 70 above its neighbour): the packed deltas are no longer
+    # one byte each, and a new bucket before and after it packs them again.
+    for _ in range(70):
+        lab.rtt.observe(at[12 + 6])
+    lab.render_and_check()
+    for k in (7, -1, 9):
+        lab.rtt.observe(at[12 + k])
+        lab.render_and_check()
+    assert len(grown) == 11
+    # The text formats share the layout whose column lengths protobuf keeps: renders in every
+    # format equal ones from scratch while one column moves and the others keep their length.
+    for fmt in (Format.TEXT, Format.OPENMETRICS, Format.TEXT):
+        for k in (0, 11, 0):
+            lab.rtt.observe(at[12 + k])
+            assert lab.exposition.render_format(fmt) == lab.scratch(fmt)
+        lab.messages.sent()
+        assert lab.exposition.render_format(fmt) == lab.scratch(fmt)
+        lab.render_and_check()
+
+
+def test_buckets_counted_when_the_state_is_made_are_not_counted_again() -> None:
+    """The first round trip of a histogram rendered empty makes its encoded state; a later
+    render of the same counts (new global labels lay every family out again) must not take
+    that round trip as new."""
+    lab = Lab()
+    lab.render_and_check()  # empty: no native state yet
+    lab.rtt.observe(0.001)
+    lab.render_and_check()  # the state is made from the counts
+    lab.exposition.labels = {"location": "lab-2"}
+    lab.render_and_check()
+    lab.rtt.observe(0.001)
+    lab.render_and_check()
+
+
+def test_a_family_moving_first_beside_ones_with_encoders() -> None:
+    """Families that kept encoders and one moving for the first time since the layout, in one
+    batch: each renders its own way, and none of them is left stale."""
+    lab = Lab()
+    for _ in range(2):
+        lab.rtt.observe(0.002)
+        lab.messages.sent()
+        lab.render_and_check()  # the latency histogram and messages sent keep their encoders
+    lab.rtt.observe(0.003)
+    lab.messages.sent()
+    lab.plain.tainted_total.inc()  # never moved before
+    lab.render_and_check()
+    lab.rtt.observe(0.003)
+    lab.plain.tainted_total.inc()  # moved once: its encoder is kept now
+    lab.plain.connect_failed("dns")  # a new series: this family's encoder is made again
+    lab.render_and_check()
+    lab.messages.sent()
+    lab.plain.connect_failed("dns")
+    lab.render_and_check()
