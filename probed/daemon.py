@@ -231,8 +231,9 @@ class Daemon:
             running = self._fingerprints = fingerprints_of(self.config, self._fingerprints)
             with gcpolicy.held_off():
                 try:
-                    # Reading and validating a large config is CPU work: off the loop, so that
-                    # it neither stalls sessions nor taints their measurements.
+                    # Reading and validating a large config is CPU work: in a child process
+                    # (probed/reload_parse.py), so that it neither stalls sessions nor taints
+                    # their measurements; the loop gets back only what changed.
                     self.reloads += 1
                     config, prints = await parse_reload(self._path, running)
                     if not self.ready.is_set():

@@ -110,6 +110,11 @@ def fingerprints_of(config: Config, known: Fingerprints | None = None) -> Finger
     return found
 
 
+def digests(prints: Fingerprints) -> dict[str, bytes]:
+    """The fingerprints alone, by probe name: what travels to the parser."""
+    return {name: fp for name, (_cfg, fp) in prints.items()}
+
+
 def only_built_in_kinds() -> bool:
     """The child knows the built-in kinds only; a daemon with others (tests) parses in a thread."""
     return set(PROBE_KINDS.values()) == {kind.config for kind in kinds.BUILT_IN}
@@ -132,13 +137,11 @@ async def parse_reload(path: Path, running: Fingerprints) -> tuple[Config, Finge
 
 def _parse_here(path: Path, running: Fingerprints) -> tuple[Config, Fingerprints]:
     config = load_config(path)
-    prints = {name: fp for name, (_cfg, fp) in running.items()}
-    return assemble(without_probes(config), _entries(config, prints), running)
+    return assemble(without_probes(config), _entries(config, digests(running)), running)
 
 
 async def _parse_in_child(path: Path, running: Fingerprints) -> tuple[Config, Fingerprints]:
-    prints = {name: fp for name, (_cfg, fp) in running.items()}
-    request = pickle.dumps((_identity(), str(path), prints))
+    request = pickle.dumps((_identity(), str(path), digests(running)))
     returncode, out, err = await in_thread(_run_child, request, str(path))
     if returncode != 0 or not out:
         tail = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]

@@ -204,7 +204,7 @@ async def test_a_reload_keeps_unchanged_probes_by_their_running_config(
     ok, summary = await d.daemon.reload()
     assert ok and "kept: 1" in summary and "restarted: 1" in summary, summary
     after = d.daemon.running_configs()
-    # Compared in the parsing thread: the loop finds the kept probe by identity.
+    # Compared by fingerprint in the parsing process: the loop keeps the running object.
     assert after["same"] is before["same"]
     assert d.daemon.config.probes[0] is before["same"]
     assert after["changed"] is not before["changed"]

@@ -15,6 +15,7 @@ import probed
 from probed.config import ConfigError, EchoProbeConfig, load_config
 from probed.reload_parse import (
     Stale,
+    digests,
     fingerprint,
     fingerprints_of,
     only_built_in_kinds,
@@ -100,9 +101,7 @@ async def test_an_unchanged_reload_hands_back_the_running_config_objects(
     ]
     assert all(new is old for new, old in zip(config.probes, running.probes, strict=True))
     assert config.global_ == running.global_
-    assert {name: fp for name, (_c, fp) in new_prints.items()} == {
-        name: fp for name, (_c, fp) in prints.items()
-    }
+    assert digests(new_prints) == digests(prints)
 
 
 async def test_only_the_changed_probes_come_back_new(files: tuple[Path, Path]) -> None:
@@ -198,9 +197,7 @@ async def test_a_workers_update_carries_only_what_changed_and_refuses_a_stale_ba
     tokened, headered, timed = config.probes
     assert headered is worker_config.probes[1] and timed is worker_config.probes[2]
     assert tokened == after.probes[0] and tokened != worker_config.probes[0]
-    assert {n: fp for n, (_c, fp) in prints.items()} == {
-        n: fp for n, (_c, fp) in after_prints.items()
-    }
+    assert digests(prints) == digests(after_prints)
     # A worker that does not run what the parent thought says so, and gets the whole config.
     with pytest.raises(Stale, match="headered"):
         load_update(delta, {"tokened": worker_prints["tokened"]})
